@@ -1,0 +1,44 @@
+"""Prompt tuning of frozen T5X-format T5 models in JAX/Flax.
+
+`gin/` is installed as the package `prompt_tuning.gin` and `tasks/` as
+`prompt_tuning.tasks`, so `--gin_file=models/t5_1_1_base_prompt.gin` resolves
+after a plain `pip install .` with no search path.
+"""
+import setuptools
+
+setuptools.setup(
+    name="prompt-tuning-jax",
+    version="0.1.0",
+    description="Prompt tuning (Lester et al., 2021) and SMoP on frozen T5X checkpoints, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=(
+        setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
+        + ["prompt_tuning.tasks", "prompt_tuning.gin"]
+    ),
+    package_dir={"prompt_tuning.tasks": "tasks", "prompt_tuning.gin": "gin"},
+    package_data={"prompt_tuning.gin": ["*.gin", "**/*.gin"]},
+    install_requires=[
+        "absl-py",
+        "flax>=0.8",
+        "gin-config>=0.5",
+        "jax>=0.4.30",
+        "msgpack",
+        "numpy",
+        "optax>=0.2",
+        "sentencepiece",
+        "seqio>=0.0.18",
+        "tensorboard",
+        "tensorflow-datasets",
+        "tensorstore>=0.1.60",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "pt-train=prompt_tuning.train:console_main",
+            "pt-eval=prompt_tuning.eval:console_main",
+        ]
+    },
+)

@@ -1,0 +1,1 @@
+"""seqio tasks shipped with the package (installed as `prompt_tuning.tasks`)."""
