@@ -1,10 +1,28 @@
 """Prompt tuning of frozen T5X-format T5 models in JAX/Flax.
 
-`gin/` is installed as the package `prompt_tuning.gin` and `tasks/` as
-`prompt_tuning.tasks`, so `--gin_file=models/t5_1_1_base_prompt.gin` resolves
+`gin/` is copied into the installed package as `prompt_tuning/gin/` and `tasks/`
+is installed as `prompt_tuning.tasks`, so `--gin_file=models/t5_1_1_base_prompt.gin` resolves
 after a plain `pip install .` with no search path.
 """
+import os
+import shutil
+
 import setuptools
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithGin(build_py):
+  """Copies the gin configs in `gin/` into the package as `prompt_tuning/gin/`."""
+
+  def run(self):
+    super().run()
+    for root, _, files in os.walk("gin"):
+      for name in files:
+        if name.endswith(".gin"):
+          target = os.path.join(self.build_lib, "prompt_tuning", root)
+          os.makedirs(target, exist_ok=True)
+          shutil.copy2(os.path.join(root, name), target)
+
 
 setuptools.setup(
     name="prompt-tuning-jax",
@@ -16,10 +34,10 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=(
         setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
-        + ["prompt_tuning.tasks", "prompt_tuning.gin"]
+        + ["prompt_tuning.tasks"]
     ),
-    package_dir={"prompt_tuning.tasks": "tasks", "prompt_tuning.gin": "gin"},
-    package_data={"prompt_tuning.gin": ["*.gin", "**/*.gin"]},
+    package_dir={"prompt_tuning.tasks": "tasks"},
+    cmdclass={"build_py": BuildPyWithGin},
     install_requires=[
         "absl-py",
         "flax>=0.8",

@@ -1,0 +1,400 @@
+"""Native reader and writer of T5X "version 3" checkpoints.
+
+Hand-written because t5x is not on PyPI; only msgpack, numpy and tensorstore
+are needed. The format (see ../shared/T5X_FORMAT.md):
+
+  checkpoint_<step>/
+    checkpoint                     msgpack of {"version": 3, "optimizer": {
+                                     "target": <params>,
+                                     "state": {"step": <int>, "param_states": {...}}}}
+    target.encoder.layers_0....    one zarr folder per large array
+
+Each leaf of the msgpack tree is one of
+  * an inline array: msgpack ExtType code 1 whose payload is the msgpack list
+    [shape, dtype name, raw C-order little-endian bytes] (flax's encoding);
+  * a tensorstore spec {"driver": "zarr", "kvstore": {"driver": "gfile",
+    "path": "target.a.b.c"}, "metadata": {shape, chunks, dtype, compressor}}
+    whose path is relative to the checkpoint folder; "gfile" is T5X's own
+    kvstore driver and is mapped to tensorstore's "file" (or "gcs" for gs://);
+  * a plain scalar or None.
+
+Parameter names are '/'-joined paths under optimizer/target, e.g.
+'encoder/layers_0/attention/query/kernel'.
+"""
+from collections.abc import Mapping
+import os
+import shutil
+import uuid
+
+import ml_dtypes
+import msgpack
+import numpy as np
+import tensorstore as ts
+
+VERSION = 3
+_CHECKPOINT_FILE = "checkpoint"
+_EXT_NDARRAY = 1  # flax.serialization's ext codes.
+_EXT_NPSCALAR = 3
+_MAX_CHUNK_BYTES = 64 * 2**20  # Zarr chunk size cap when writing.
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is absent, malformed or does not match the model."""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def flatten_params(nested, sep="/") -> dict:
+  """{'a': {'b': x}} -> {'a/b': x}; tensorstore specs count as leaves."""
+  flat = {}
+  for key, value in nested.items():
+    if isinstance(value, Mapping) and not _is_spec(value):
+      for sub, leaf in flatten_params(value, sep).items():
+        flat[f"{key}{sep}{sub}"] = leaf
+    else:
+      flat[str(key)] = value
+  return flat
+
+
+def unflatten_params(flat, sep="/") -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}."""
+  nested = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split(sep)
+    node = nested
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return nested
+
+
+def _is_spec(x) -> bool:
+  return (isinstance(x, Mapping) and isinstance(x.get("driver"), str)
+          and ("kvstore" in x or "path" in x))
+
+
+def _is_gcs(path: str) -> bool:
+  return path.startswith("gs://")
+
+
+def _split_gcs(path: str) -> tuple[str, str]:
+  bucket, _, key = path[len("gs://"):].partition("/")
+  return bucket, key
+
+
+def _gcs_kvstore(bucket: str):
+  return ts.KvStore.open({"driver": "gcs", "bucket": bucket}).result()
+
+
+def _read_bytes(path: str, probe: bool = False):
+  """File contents (the first byte only when probe), or None when absent."""
+  if not _is_gcs(path):
+    if not os.path.isfile(path):
+      return None
+    with open(path, "rb") as f:
+      return f.read(1 if probe else -1)
+  bucket, key = _split_gcs(path)
+  result = _gcs_kvstore(bucket).read(
+      key, byte_range=slice(0, 1) if probe else None).result()
+  return result.value if result.state == "value" else None
+
+
+def _np_dtype(name: str) -> np.dtype:
+  """numpy dtype of a name like 'float32', '<f4' or 'bfloat16'."""
+  try:
+    return np.dtype(name)
+  except TypeError:
+    return np.dtype(getattr(ml_dtypes, name.lstrip("<>|=")))
+
+
+def _zarr_dtype(dtype: np.dtype) -> str:
+  """The zarr metadata name: '<f4', '<i4', ... or 'bfloat16' (tensorstore's)."""
+  return dtype.name if dtype.kind == "V" else dtype.str
+
+
+# ------------------------------------------------------------------ reading
+
+
+def resolve_checkpoint_path(path) -> str:
+  """Accepts the checkpoint_<step> dir or its `checkpoint` file; returns the dir."""
+  path = os.fspath(path).rstrip("/")
+  candidates = [path]
+  if os.path.basename(path) == _CHECKPOINT_FILE:
+    candidates.insert(0, os.path.dirname(path))
+  for directory in candidates:
+    if _read_bytes(f"{directory}/{_CHECKPOINT_FILE}", probe=True) is not None:
+      return directory if _is_gcs(directory) else os.path.abspath(directory)
+  hint = ""
+  if not _is_gcs(path) and os.path.isdir(path):
+    steps = sorted(d for d in os.listdir(path) if d.startswith("checkpoint_"))
+    if steps:
+      hint = f" (found {', '.join(steps[-3:])} inside: pass one of them)"
+  raise CheckpointError(
+      f"No T5X checkpoint at {path}: expected a checkpoint_<step> folder "
+      f"containing a `checkpoint` msgpack file{hint}")
+
+
+def _decode_ext(code: int, data: bytes):
+  if code == _EXT_NDARRAY:
+    shape, dtype, buffer = msgpack.unpackb(data, raw=False)
+    return np.frombuffer(buffer, _np_dtype(dtype)).reshape(tuple(shape))
+  if code == _EXT_NPSCALAR:
+    dtype, buffer = msgpack.unpackb(data, raw=False)
+    return np.frombuffer(buffer, _np_dtype(dtype))[0]
+  return msgpack.ExtType(code, data)
+
+
+def _unchunk(tree):
+  """Reassembles flax's '__msgpack_chunked_array__' (inline arrays > 1 GiB)."""
+  if not isinstance(tree, dict):
+    return tree
+  if tree.get("__msgpack_chunked_array__"):
+    shape = [tree["shape"][str(i)] for i in range(len(tree["shape"]))]
+    chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+    return np.concatenate(chunks).reshape(shape)
+  return {k: _unchunk(v) for k, v in tree.items()}
+
+
+def read_checkpoint_tree(path) -> dict:
+  """The decoded msgpack tree; inline arrays as np.ndarray, zarr specs as dicts."""
+  directory = resolve_checkpoint_path(path)
+  data = _read_bytes(f"{directory}/{_CHECKPOINT_FILE}")
+  try:
+    tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False)
+  except (ValueError, msgpack.UnpackException) as e:
+    raise CheckpointError(
+        f"{directory}/{_CHECKPOINT_FILE} is not a readable T5X msgpack "
+        f"checkpoint ({e}); re-download or re-save it") from e
+  return _unchunk(tree)
+
+
+def _target(tree, path) -> dict:
+  try:
+    return tree["optimizer"]["target"]
+  except (KeyError, TypeError):
+    raise CheckpointError(
+        f"Checkpoint {path} has no optimizer/target tree (version "
+        f"{tree.get('version') if isinstance(tree, dict) else None}); "
+        f"expected a T5X version {VERSION} checkpoint") from None
+
+
+def _absolute_spec(spec: Mapping, directory: str) -> dict:
+  """Makes a stored spec's relative (gfile) kvstore path absolute and openable."""
+  spec = dict(spec)
+  kvstore = dict(spec.get("kvstore") or {})
+  if "path" in spec:  # Older T5X: path beside, not inside, the kvstore.
+    kvstore["path"] = spec.pop("path")
+  if kvstore.get("driver") == "gcs" and "bucket" in kvstore:
+    spec["kvstore"] = kvstore
+    return spec
+  rel = kvstore.get("path", "")
+  full = rel if (_is_gcs(rel) or os.path.isabs(rel)) else f"{directory}/{rel}"
+  if _is_gcs(full):
+    bucket, key = _split_gcs(full)
+    spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": key}
+  else:
+    spec["kvstore"] = {"driver": "file", "path": full}
+  return spec
+
+
+def _leaf_info(leaf) -> tuple[tuple[int, ...], str]:
+  """(shape, dtype name) of a leaf without reading zarr data."""
+  if _is_spec(leaf):
+    meta = leaf.get("metadata") or {}
+    if "shape" in meta and ("dtype" in meta or "dtype" in leaf):
+      dtype = meta.get("dtype") or leaf["dtype"]
+      return tuple(meta["shape"]), _np_dtype(dtype).name
+    return None  # Resolved by opening the array (metadata only).
+  arr = np.asarray(leaf)
+  return tuple(arr.shape), arr.dtype.name
+
+
+def _list(tree, directory) -> tuple[dict, dict]:
+  """(flat target leaves, name -> (shape, dtype name)); None leaves dropped."""
+  flat = {k: v for k, v in flatten_params(_target(tree, directory)).items()
+          if v is not None}
+  infos = {name: _leaf_info(leaf) for name, leaf in flat.items()}
+  pending = {name: ts.open(_absolute_spec(flat[name], directory), read=True)
+             for name, info in infos.items() if info is None}
+  for name, future in pending.items():
+    store = future.result()
+    infos[name] = tuple(store.shape), store.dtype.numpy_dtype.name
+  return flat, infos
+
+
+def list_params(path) -> dict[str, tuple[tuple[int, ...], str]]:
+  """'encoder/layers_0/attention/query/kernel' -> (shape, dtype name)."""
+  directory = resolve_checkpoint_path(path)
+  return _list(read_checkpoint_tree(directory), directory)[1]
+
+
+def load_step(path) -> int:
+  """The training step stored in optimizer/state/step."""
+  tree = read_checkpoint_tree(path)
+  try:
+    return int(np.asarray(tree["optimizer"]["state"]["step"]))
+  except (KeyError, TypeError):
+    raise CheckpointError(f"Checkpoint {path} has no optimizer/state/step") from None
+
+
+def load_params(path, names=None, *, expected_shapes=None, dtype=None) -> dict:
+  """Reads the requested `target` params into a nested dict of np.ndarray.
+
+  Args:
+    path: the checkpoint_<step> folder or its `checkpoint` file.
+    names: '/'-joined param names to read; None reads the names of
+      expected_shapes when given, else every param. Others are ignored.
+    expected_shapes: flat name -> shape the model expects; all mismatches
+      (missing names, wrong shapes) are reported in one CheckpointError
+      before any zarr data is read.
+    dtype: cast every array to this dtype (np.float32, jnp.bfloat16, ...).
+
+  Returns:
+    {'encoder': {'layers_0': {...}}, ...} of np.ndarray.
+  """
+  directory = resolve_checkpoint_path(path)
+  flat, infos = _list(read_checkpoint_tree(directory), directory)
+  expected = {k: tuple(v) for k, v in (expected_shapes or {}).items()}
+  if names is None:
+    names = list(expected) if expected_shapes is not None else list(flat)
+  problems = []
+  for name in names:
+    want = expected.get(name)
+    if name not in flat:
+      problems.append(f"missing {name}"
+                      + (f" (expected {list(want)})" if want is not None else ""))
+    elif want is not None and infos[name][0] != want:
+      problems.append(f"{name} has shape {list(infos[name][0])}, "
+                      f"model expects {list(want)}")
+  if problems:
+    raise CheckpointError(f"Checkpoint {directory} does not match the model: "
+                          + "; ".join(problems))
+
+  # Issue every zarr open, then every read, and only then wait.
+  zarr = [n for n in names if _is_spec(flat[n])]
+  opened = [ts.open(_absolute_spec(flat[n], directory), read=True) for n in zarr]
+  reads = [store.result().read() for store in opened]
+  arrays = {n: np.array(flat[n]) for n in names if n not in zarr}  # Writable.
+  arrays.update({n: read.result() for n, read in zip(zarr, reads)})
+  return unflatten_params({n: a if dtype is None else a.astype(dtype, copy=False)
+                           for n, a in arrays.items()})
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _gfile():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise CheckpointError("Writing gs:// checkpoints needs tensorflow "
+                          "(tf.io.gfile); pip install tensorflow") from None
+  return tf.io.gfile
+
+
+def _encode_ext(obj):
+  """msgpack `default`: numpy arrays become inline ext code 1."""
+  arr = np.asarray(obj)
+  if arr.dtype.kind not in "biufcV":
+    raise TypeError(f"cannot serialise {type(obj).__name__} in a checkpoint")
+  if arr.dtype.byteorder == ">":
+    arr = arr.astype(arr.dtype.newbyteorder("<"))
+  payload = msgpack.packb([list(arr.shape), arr.dtype.name, arr.tobytes("C")])
+  return msgpack.ExtType(_EXT_NDARRAY, payload)
+
+
+def _kvstore(path: str) -> dict:
+  if _is_gcs(path):
+    bucket, key = _split_gcs(path)
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+  return {"driver": "file", "path": path}
+
+
+def _prepare(tree, prefix, tmp_dir, keep_inline_below, writes) -> dict:
+  """Maps large arrays to stored zarr specs, queueing their writes."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}.{key}"
+    if isinstance(value, Mapping):
+      out[key] = _prepare(value, name, tmp_dir, keep_inline_below, writes)
+      continue
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+      out[key] = value  # Plain msgpack scalar.
+      continue
+    arr = np.asarray(value)
+    if arr.ndim == 0 or arr.size <= keep_inline_below:
+      out[key] = arr  # Inline ext array.
+      continue
+    row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
+    chunks = [max(1, min(arr.shape[0], _MAX_CHUNK_BYTES // max(1, row_bytes)))]
+    metadata = {"chunks": chunks + list(arr.shape[1:]),
+                "compressor": {"id": "gzip", "level": 1},
+                "dtype": _zarr_dtype(arr.dtype), "shape": list(arr.shape)}
+    spec = {"driver": "zarr", "kvstore": _kvstore(f"{tmp_dir}/{name}"),
+            "metadata": metadata}
+    writes.append((spec, arr))
+    out[key] = {"driver": "zarr",
+                "kvstore": {"driver": "gfile", "path": name},
+                "metadata": metadata}
+  return out
+
+
+def save_checkpoint(directory, params, step: int, *, param_states=None,
+                    keep_inline_below: int = 2**14) -> str:
+  """Writes `directory/checkpoint_{step}/` in T5X version 3 format.
+
+  Arrays with more than keep_inline_below elements go to zarr folders named
+  'target.a.b.c' (gzip level 1, recorded with T5X's 'gfile' kvstore driver),
+  the rest inline. Everything is written into `checkpoint_{step}.tmp-<id>`,
+  which is renamed to `checkpoint_{step}` only once complete (an existing one
+  is replaced after that). Returns the final path.
+  """
+  directory = os.fspath(directory).rstrip("/")
+  gcs = _is_gcs(directory)
+  if not gcs:
+    directory = os.path.abspath(directory)
+  final = f"{directory}/checkpoint_{step}"
+  tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+  gfile = _gfile() if gcs else None
+  try:
+    writes = []
+    state = {"step": np.int32(step), "param_states": param_states or {}}
+    optimizer = {"target": _prepare(params, "target", tmp, keep_inline_below, writes),
+                 "state": _prepare(state, "state", tmp, keep_inline_below, writes)}
+    data = msgpack.packb({"version": VERSION, "optimizer": optimizer},
+                         default=_encode_ext, use_bin_type=True)
+    if not gcs:
+      os.makedirs(tmp)
+    # Issue every create, then every write, and only then wait.
+    opened = [ts.open(spec, create=True, delete_existing=True)
+              for spec, _ in writes]
+    pending = [store.result().write(arr) for store, (_, arr) in zip(opened, writes)]
+    for write in pending:
+      write.result()
+    if gcs:
+      with gfile.GFile(f"{tmp}/{_CHECKPOINT_FILE}", "wb") as f:
+        f.write(data)
+      if gfile.exists(final):
+        gfile.rmtree(final)
+      gfile.rename(tmp, final)
+      return final
+    with open(f"{tmp}/{_CHECKPOINT_FILE}", "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    old = None
+    if os.path.exists(final):
+      old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+      os.rename(final, old)
+    os.rename(tmp, final)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    if gcs:
+      if gfile.exists(tmp):
+        gfile.rmtree(tmp)
+    else:
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final

@@ -1,0 +1,89 @@
+"""What pt-train and pt-eval share: flags, gin parsing, and turning any bad
+input into one clear error line (exit status 1) instead of a traceback."""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+flags.DEFINE_multi_string("gin_file", [], "Gin files, in order; later files override earlier.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; --gin.NAME=value is the short form.")
+flags.DEFINE_list("gin_search_paths", [], "Extra folders to look up gin files in (before the "
+                  "package's own gin/ folder).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir (overrides every task's).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port.")
+flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
+flags.DEFINE_integer("process_id", None, "jax.distributed process id.")
+
+FLAGS = flags.FLAGS
+
+
+def user_errors():
+  """Exception types that mean bad input (printed as one line, no traceback)."""
+  from prompt_tuning import checkpoints, data, gin_utils, initializers, trainer  # pylint: disable=g-import-not-at-top
+  return (checkpoints.CheckpointError, data.DataError, gin_utils.ConfigError,
+          initializers.PromptInitError, trainer.TrainError)
+
+
+def setup():
+  """Initialises distribution and data flags and parses gin (after absl flags)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  if FLAGS.distributed:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.tfds_data_dir:
+    seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
+  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+
+
+def _first_line(e):
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def required_binding_message(e):
+  """Turns gin's 'Required bindings ... not provided' into the macro to set."""
+  text = str(e)
+  if "Required bindings" in text or "gin.REQUIRED" in text or "REQUIRED" in text:
+    import re  # pylint: disable=g-import-not-at-top
+    names = re.findall(r"'(\w+)'", text.split("\n")[0])
+    macros = [n.upper() for n in names if n.upper() != n] or names
+    return ("required setting missing: " + ", ".join(macros) +
+            " (pass e.g. --gin." + (macros[0] if macros else "NAME") + "=... )")
+  return None
+
+
+def run(main_fn, prog):
+  """Runs `main_fn()` under absl, mapping bad input to `prog: error: ...`."""
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to JAX
+      setup()
+      main_fn()
+    except user_errors() as e:
+      logging.debug("error", exc_info=True)
+      sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
+      sys.exit(1)
+    except (ValueError, RuntimeError, TypeError) as e:
+      message = required_binding_message(e)
+      if message is None:
+        raise
+      sys.stderr.write(f"{prog}: error: {message}\n")
+      sys.exit(1)
+
+  try:
+    argv = gin_utils.rewrite_gin_args(sys.argv)
+  except gin_utils.ConfigError as e:
+    sys.stderr.write(f"{prog}: error: {e}\n")
+    sys.exit(1)
+  app.run(main, argv=argv)

@@ -1,0 +1,70 @@
+"""Datasets through seqio: a task or mixture, an encoder-decoder feature
+converter without packing, batched for the model."""
+import importlib
+from typing import Mapping, Optional
+
+import jax
+import seqio
+import tensorflow as tf
+
+
+class DataError(ValueError):
+  """Unknown task, empty dataset and other data problems; says what to fix."""
+
+
+def import_task_modules(modules) -> None:
+  """Imports MIXTURE_OR_TASK_MODULE (one name or several) so their tasks register."""
+  if not modules:
+    return
+  for name in [modules] if isinstance(modules, str) else modules:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise DataError(f"MIXTURE_OR_TASK_MODULE {name!r} could not be imported: {e}") from None
+
+
+def get_task(name: str):
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    raise DataError(
+        f"unknown task or mixture {name!r}: register it in a module and name that module "
+        "with --gin.MIXTURE_OR_TASK_MODULE=\"'my.tasks'\" (e.g. prompt_tuning.tasks.super_glue)"
+    ) from None
+
+
+def feature_converter():
+  return seqio.EncDecFeatureConverter(pack=False)
+
+
+def get_dataset(mixture_or_task_name: str,
+                task_feature_lengths: Mapping[str, int],
+                split: str,
+                batch_size: int,
+                shuffle: bool = True,
+                seed: Optional[int] = 0,
+                use_cached: bool = False,
+                num_epochs: Optional[int] = None) -> tf.data.Dataset:
+  """Batched model features; this host's share of the global batch."""
+  get_task(mixture_or_task_name)
+  if batch_size % jax.process_count():
+    raise DataError(f"BATCH_SIZE {batch_size} is not divisible by {jax.process_count()} hosts")
+  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  try:
+    ds = seqio.get_dataset(
+        mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
+        feature_converter=feature_converter(), shard_info=shard, use_cached=use_cached,
+        seed=seed)
+  except (ValueError, KeyError, tf.errors.OpError, FileNotFoundError) as e:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"cannot read split {split!r} of {mixture_or_task_name!r}: {msg}") from None
+  return ds.batch(batch_size // jax.process_count(), drop_remainder=True)
+
+
+def first_batch(ds: tf.data.Dataset, what: str):
+  """The first batch, or a DataError when the dataset yields none."""
+  for batch in ds.take(1).as_numpy_iterator():
+    return batch
+  raise DataError(f"{what} yields no examples (or fewer than one batch): check the task, "
+                  "split, TASK_FEATURE_LENGTHS and BATCH_SIZE")

@@ -1,0 +1,109 @@
+"""EncoderDecoderModel: the loss, scores and greedy predictions of a T5 module.
+
+Batches are what `seqio.EncDecFeatureConverter(pack=False)` produces:
+`encoder_input_tokens`, `decoder_input_tokens`, `decoder_target_tokens`,
+`decoder_loss_weights`. Functions here take the full parameter tree (trainable
+and frozen parts merged by the caller) and are pure, so they can be jitted and
+sharded by the caller.
+"""
+import dataclasses
+from typing import Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning import losses
+from prompt_tuning import t5
+
+EOS_ID = 1
+
+
+@dataclasses.dataclass
+class EncoderDecoderModel:
+  module: t5.Transformer
+  z_loss: float = 1e-4
+  loss_normalizing_factor: Optional[Union[float, str]] = None
+
+  @property
+  def config(self) -> t5.T5Config:
+    return self.module.config
+
+  def logits(self, params, batch, dropout_rng=None, mutable=False):
+    """Teacher-forced logits [b, T, vocab]; dropout when a dropout rng is given.
+
+    With `mutable` (a list of collections), returns (logits, collections), so
+    a prompt module can report what it did (e.g. SMoP's routing).
+    """
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"], deterministic=dropout_rng is None, rngs=rngs,
+        mutable=mutable)
+
+  def loss_fn(self, params, batch, dropout_rng=None):
+    """Returns (loss, metrics dict) for one batch, as T5X's EncoderDecoderModel."""
+    logits, intermediates = self.logits(params, batch, dropout_rng, mutable=["intermediates"])
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    token_loss, token_z = losses.cross_entropy_with_z_loss(
+        logits, batch["decoder_target_tokens"], weights, self.z_loss)
+    factor = losses.normalizing_factor(self.loss_normalizing_factor, weights)
+    loss = jnp.sum(token_loss) / factor
+    num_tokens = jnp.maximum(jnp.sum(weights), 1.0)
+    correct = (jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) * weights
+    metrics = {
+        "loss": loss,
+        "z_loss": jnp.sum(token_z) / factor,
+        "cross_ent_loss_per_token": jnp.sum(token_loss - token_z) / num_tokens,
+        "accuracy": jnp.sum(correct) / num_tokens,
+        "num_tokens": jnp.sum(weights),
+    }
+    return loss, (metrics, intermediates.get("intermediates", {}))
+
+  def score_batch(self, params, batch):
+    """Sum of target-token log-likelihoods per example [b] (T5X's score_batch)."""
+    logits = self.logits(params, batch)
+    weights = (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+    ll = losses.token_log_likelihoods(logits, batch["decoder_target_tokens"])
+    return jnp.sum(ll * weights, axis=-1)
+
+  def encode(self, params, encoder_input_tokens):
+    return self.module.apply({"params": params}, encoder_input_tokens,
+                             method=t5.Transformer.encode)
+
+  def decode_logits(self, params, encoded, encoder_mask, decoder_input_tokens,
+                    decoder_target_tokens=None):
+    return self.module.apply({"params": params}, encoded, encoder_mask, decoder_input_tokens,
+                             decoder_target_tokens, method=t5.Transformer.decode)
+
+  def predict_batch(self, params, batch, max_decode_length: Optional[int] = None):
+    """Greedy decoding: token ids [b, max_decode_length], EOS-terminated.
+
+    The encoder (with the prompt) runs once; each step re-runs the decoder
+    over the prefix (no key/value cache), which is cheap for the short targets
+    of classification tasks. Stops early once every row has produced EOS.
+    """
+    inputs = batch["encoder_input_tokens"]
+    length = max_decode_length or batch["decoder_target_tokens"].shape[1]
+    encoded, mask = self.encode(params, inputs)
+    batch_size = inputs.shape[0]
+    tokens = jnp.zeros((batch_size, length + 1), jnp.int32)  # column 0: start id 0
+    done = jnp.zeros((batch_size,), bool)
+
+    def cond(state):
+      step, _, done = state
+      return (step < length) & ~jnp.all(done)
+
+    def body(state):
+      step, tokens, done = state
+      logits = self.decode_logits(params, encoded, mask, tokens[:, :-1])
+      next_token = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, step, 1, False), -1)
+      next_token = jnp.where(done, 0, next_token).astype(jnp.int32)
+      tokens = jax.lax.dynamic_update_index_in_dim(tokens, next_token, step + 1, 1)
+      return step + 1, tokens, done | (next_token == EOS_ID)
+
+    _, tokens, _ = jax.lax.while_loop(cond, body, (0, tokens, done))
+    return tokens[:, 1:]

@@ -1,0 +1,41 @@
+"""The soft prompt of Lester et al. (2021): a learned [P, d] matrix prepended
+to the embedded encoder input.
+
+A prompt module is called by `t5.Encoder` as
+`prompt(input_tokens, embedded [b, L, d], mask [b, L]) -> (embedded [b, P+L, d], mask)`.
+Its parameter is `encoder/prompt/prompt`, saved as `encoder.prompt.prompt.npy`
+(the name of the authors' released prompts).
+"""
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+PROMPT_AXES = ("prompt", "embed")
+
+
+def prepend(prompt, embedded, mask):
+  """Prepends a prompt [P, d] or per-example prompts [b, P, d]; prompt positions are real."""
+  batch = embedded.shape[0]
+  if prompt.ndim == 2:
+    prompt = jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
+  prompt = jnp.asarray(prompt, embedded.dtype)
+  mask = jnp.concatenate([jnp.ones(prompt.shape[:2], bool), mask], axis=1)
+  return jnp.concatenate([prompt, embedded], axis=1), mask
+
+
+class Prompt(nn.Module):
+  """One prompt shared by every example.
+
+  `init` is a Flax initialiser `(rng, shape, dtype) -> array`; the prompt
+  initialisers live in `prompt_tuning.initializers`.
+  """
+  length: int
+  init: Callable
+
+  @nn.compact
+  def __call__(self, input_tokens, embedded, mask, deterministic=True):
+    del input_tokens, deterministic
+    prompt = self.param("prompt", nn.with_logical_partitioning(self.init, PROMPT_AXES),
+                        (self.length, embedded.shape[-1]), jnp.float32)
+    return prepend(prompt, embedded, mask)

@@ -1,0 +1,205 @@
+"""The prompt-tuning loop behind `pt-train`.
+
+Only the trainable subtree (by default `encoder/prompt/...`) is differentiated
+and given optimizer state; the frozen model is an argument of the jitted step,
+so no gradient of a frozen weight is ever computed and the frozen arrays are
+never written. Every input is validated before MODEL_DIR is touched.
+
+Resume: the step, optimizer state and RNG seed live in the numpy checkpoint;
+the data position is the step (the seqio dataset is deterministic for a seed
+and is skipped forward by `step` batches), so a rerun continues exactly.
+"""
+import os
+import time
+from typing import Mapping, Optional, Sequence
+
+from absl import logging
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import file_utils
+from prompt_tuning import gin_utils
+from prompt_tuning import model_params
+from prompt_tuning import numpy_checkpoints
+from prompt_tuning import param_utils
+from prompt_tuning import partitioning
+from prompt_tuning import summaries
+
+DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
+
+
+class TrainError(RuntimeError):
+  """A run that cannot go on (NaN loss, ...); says what to change."""
+
+
+def make_train_step(model, optimizer):
+  """(trainable, opt_state, frozen, batch, step, rng) -> (trainable, opt_state, metrics)."""
+
+  def train_step(trainable, opt_state, frozen, batch, step, rng):
+    dropout_rng = jax.random.fold_in(rng, step)
+
+    def loss_of(tr):
+      return model.loss_fn(param_utils.merge(tr, frozen), batch, dropout_rng)
+
+    (_, (metrics, intermediates)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics.update(summaries.intermediate_metrics(intermediates))
+    return trainable, opt_state, metrics
+
+  return train_step
+
+
+def _format_eta(seconds):
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@gin.configurable
+def train(*,
+          model_dir: str = gin.REQUIRED,
+          model=gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          initial_checkpoint_path: Optional[str] = None,
+          optimizer_fn=gin.REQUIRED,
+          trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = None,
+          eval_period: Optional[int] = 1000,
+          eval_split: str = "validation",
+          eval_batch_size: Optional[int] = None,
+          use_cached_tasks: bool = False,
+          mixture_or_task_module=None,
+          random_seed: int = 0,
+          log_period: int = 100,
+          shuffle: bool = True,
+          mesh_fn=partitioning.make_mesh,
+          stop_after_step: Optional[int] = None):
+  """Trains the prompt; returns the final trainable parameters (numpy tree).
+
+  `stop_after_step` ends the process early (as a kill would), for tests.
+  """
+  if train_steps < 0:
+    raise TrainError(f"TRAIN_STEPS must be >= 0, got {train_steps}")
+  data.import_task_modules(mixture_or_task_module)
+  mesh = mesh_fn()
+  lengths = dict(task_feature_lengths)
+  train_ds = data.get_dataset(mixture_or_task_name, lengths, "train", batch_size,
+                              shuffle=shuffle, seed=random_seed, use_cached=use_cached_tasks)
+  example = data.first_batch(train_ds, f"the train split of {mixture_or_task_name!r}")
+  shapes_batch = {k: jnp.asarray(v[:1]) for k, v in example.items()}
+
+  # Frozen model: validated against the checkpoint before anything is written.
+  rng = jax.random.PRNGKey(random_seed)
+  init_rng, step_rng = jax.random.split(rng)
+  if initial_checkpoint_path:
+    frozen = model_params.load_frozen(model, initial_checkpoint_path, shapes_batch,
+                                      trainable_params, mesh)
+  else:
+    logging.warning("INITIAL_CHECKPOINT_PATH is not set: the frozen model is RANDOM")
+    frozen = param_utils.split(
+        model_params.init_random(model, jax.random.PRNGKey(random_seed + 1), shapes_batch, mesh),
+        trainable_params)[1]
+  trainable = model_params.init_trainable(model, init_rng, shapes_batch, trainable_params, mesh)
+  if not param_utils.flatten(trainable):
+    raise TrainError(f"no parameter matches the trainable patterns {list(trainable_params)}")
+  optimizer = optimizer_fn()
+  opt_state = optimizer.init(trainable)
+
+  start_step = numpy_checkpoints.latest_step(model_dir) or 0
+  if start_step:
+    directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
+    trainable = jax.device_put(
+        numpy_checkpoints.load_params(directory, param_utils.flatten(trainable)),
+        partitioning.replicated(mesh))
+    state = numpy_checkpoints.load_state(directory)
+    if state is None:
+      raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
+                       "resumed; use a fresh MODEL_DIR (or PROMPT_FILE to start from its prompt)")
+    import flax.serialization  # pylint: disable=g-import-not-at-top
+    opt_state = flax.serialization.from_state_dict(opt_state, state["opt_state"])
+    if int(state["random_seed"]) != random_seed:
+      logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
+                      int(state["random_seed"]))
+    logging.info("Resuming from %s (step %d)", directory, start_step)
+
+  # Inputs are valid: from here on MODEL_DIR is written (atomically).
+  file_utils.makedirs(model_dir)
+  gin_utils.write_operative_config(model_dir)
+  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+
+  def save(step):
+    state = {"opt_state": flax_state(opt_state), "step": step, "random_seed": random_seed,
+             "examples_seen": step * batch_size}
+    numpy_checkpoints.save(model_dir, step, jax.device_get(trainable), state)
+    numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
+    logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
+
+  if start_step == 0:
+    save(0)  # the initial prompt
+  evaluator = None
+  if eval_period and train_steps > start_step:
+    evaluator = evaluation.make_evaluator(
+        model, mixture_or_task_name, lengths, eval_split, os.path.join(model_dir, "inference_eval"),
+        eval_batch_size or batch_size, use_cached_tasks, mesh)
+
+  step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
+  iterator = train_ds.skip(start_step).as_numpy_iterator()
+  lr = summaries.learning_rate()
+  tick, tick_step, t0 = time.time(), start_step, time.time()
+  metrics = None
+  for step in range(start_step, train_steps):
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      raise TrainError(f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
+    trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
+                                            partitioning.shard_batch(mesh, batch),
+                                            jnp.int32(step), step_rng)
+    done = step + 1
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+      raise TrainError(
+          f"loss is {loss} at step {done}: the prompt diverged (try a lower learning rate, "
+          f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
+          f"{numpy_checkpoints.latest_step(model_dir)} are intact")
+    if done % log_period == 0 or done == train_steps:
+      now = time.time()
+      steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
+      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      host.update(learning_rate=lr, steps_per_second=steps_per_s,
+                  examples_per_second=steps_per_s * batch_size)
+      writer.scalars(done, host)
+      routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
+                         if k.startswith("routing/"))
+      print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} steps/s {steps_per_s:.2f} "
+            f"examples/s {steps_per_s * batch_size:.1f} "
+            f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
+            + (f" routing {routing}" if routing else ""), flush=True)
+      tick, tick_step = now, done
+    if done % checkpoint_period == 0 or done == train_steps:
+      save(done)
+    if evaluator is not None and (done % eval_period == 0 or done == train_steps):
+      evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
+                     eval_batch_size or batch_size, mesh)
+    if stop_after_step is not None and done >= stop_after_step:
+      break
+  writer.close()
+  logging.info("Training finished in %.1fs", time.time() - t0)
+  return jax.device_get(trainable)
+
+
+def flax_state(tree):
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  return flax.serialization.to_state_dict(jax.device_get(tree))
