@@ -7,6 +7,7 @@
 - Overriding a macro that no config uses (a typo such as `--gin.TRAIN_STEP=10`)
   is an error rather than a silent no-op.
 """
+import logging
 import os
 import pathlib
 import re
@@ -87,6 +88,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     gin.add_config_file_search_path(path)
   # User folders must win over the package's: gin searches in insertion order
   # from the most recently added, so add the package first.
+  # gin's resource reader logs "ERROR Path not found" for every file it then
+  # finds on the search path; real failures raise, so mute the noise.
+  logging.disable(logging.ERROR)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
     used = referenced_macros()
@@ -105,6 +109,8 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   except (ValueError, TypeError, SyntaxError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f"gin config error: {first}") from None
+  finally:
+    logging.disable(logging.NOTSET)
 
 
 def _similar(a: str, b: str) -> bool:

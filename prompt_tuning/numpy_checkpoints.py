@@ -81,12 +81,12 @@ def load_state(directory: str) -> Optional[dict]:
 
 
 def cleanup(model_dir: str, keep: Optional[int]) -> None:
-  """Keeps the newest `keep` checkpoints, and always checkpoint_0 (the initial prompt)."""
-  if not keep:
-    return
-  for step in steps(model_dir)[:-keep]:
-    if step != 0:
-      file_utils.remove_tree(checkpoint_dir(model_dir, step))
+  """Keeps the newest `keep` checkpoints (all if None; always checkpoint_0,
+  the initial prompt) and removes leftovers of killed writes."""
+  if keep:
+    for step in steps(model_dir)[:-keep]:
+      if step != 0:
+        file_utils.remove_tree(checkpoint_dir(model_dir, step))
   base = os.path.join(model_dir, DIRNAME)
   for entry in file_utils.listdir(base):  # leftovers of killed writes
     if ".tmp-" in entry:

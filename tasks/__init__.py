@@ -1,1 +1,15 @@
-"""seqio tasks shipped with the package (installed as `prompt_tuning.tasks`)."""
+"""seqio tasks shipped with the package (installed as `prompt_tuning.tasks`).
+
+Importing a task module registers its tasks:
+
+* `super_glue`: T5's SuperGLUE tasks (`super_glue_*_v102`, `taskless_*`, WSC
+  simple train/eval, mixtures `super_glue_v102` / `taskless_super_glue_v102`).
+* `glue`: T5's GLUE tasks (`glue_*_v002`, `taskless_glue_*_v002`).
+* `demo`: small synthetic byte-level tasks (no download).
+
+Helpers: `features` (vocabulary, output features), `sources` (TFDS or JSONL
+data sources, `set_superglue_data_dir`), `superglue_jsonl` (the official
+SuperGLUE JSONL release in the TFDS layout), `preprocessors`,
+`postprocessors`, `metrics` (incl. `super_glue_average`) and `labels` (class
+labels for rank classification).
+"""

@@ -37,3 +37,18 @@ def fewglue_dir():
 @pytest.fixture
 def released_prompts_dir():
   return shared_path("released_prompts", "t5_1_1_lm100k_base")
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole run (and its
+  subprocesses): the end-to-end tests compile the same tiny steps many times."""
+  del config
+  import tempfile  # pylint: disable=g-import-not-at-top
+  cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                tempfile.mkdtemp(prefix="pt-jax-cache-"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

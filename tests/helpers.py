@@ -1,0 +1,92 @@
+"""Shared helpers for the end-to-end tests: a tiny model config, a random
+frozen T5X checkpoint, in-process gin runs and CLI subprocesses."""
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import gin
+import jax
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+# Tiny T5 1.1 on the byte-level demo task (see tasks/demo.py).
+TINY_FILES = ["models/t5_1_1_small_prompt.gin", "models/sizes/tiny.gin"]
+RUN_BINDINGS = [
+    "MIXTURE_OR_TASK_NAME = 'demo_last_word'",
+    "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.tasks.demo'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+    "BATCH_SIZE = 8",
+]
+MODEL_BINDINGS = [
+    "NUM_EMBEDDINGS = 384",
+    "ACTIVATION_DTYPE = 'float32'",
+    "PROMPT_LENGTH = 6",
+    "EMBED_DIM = 32",
+    "NUM_HEADS = 2",
+    "HEAD_DIM = 8",
+    "MLP_DIM = 64",
+]
+TINY_BINDINGS = RUN_BINDINGS + MODEL_BINDINGS
+
+
+def as_flags(bindings):
+  out = []
+  for b in bindings:
+    name, value = b.split("=", 1)
+    out.append(f"--gin.{name.strip()}={value.strip()}")
+  return out
+
+
+@gin.configurable("test_model")
+def _model(model=gin.REQUIRED):
+  return model
+
+
+def build_model(bindings=()):
+  """The gin-configured tiny MODEL."""
+  from prompt_tuning import configurables, gin_utils  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  gin_utils.parse(TINY_FILES, MODEL_BINDINGS + list(bindings) + ["test_model.model = %MODEL"])
+  model = _model()
+  gin.clear_config()
+  return model
+
+
+def write_random_checkpoint(directory, seed=0):
+  """A random tiny frozen model written as a T5X checkpoint; returns its path."""
+  from prompt_tuning import checkpoints, model_params, param_utils  # pylint: disable=g-import-not-at-top
+  model = build_model()
+  params = model_params.init_random(model, jax.random.PRNGKey(seed),
+                                    model_params.dummy_batch(1, 8, 4))
+  frozen = param_utils.split(params, ["encoder/prompt/.*"])[1]
+  return checkpoints.save_checkpoint(str(directory), jax.device_get(frozen), 0)
+
+
+def train_in_process(model_dir, bindings=(), files=("runs/prompt_finetune.gin",)):
+  from prompt_tuning import configurables, gin_utils, trainer  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  gin_utils.parse(TINY_FILES + list(files),
+                  TINY_BINDINGS + [f"MODEL_DIR = '{model_dir}'"] + list(bindings))
+  try:
+    return trainer.train()
+  finally:
+    gin.clear_config()
+
+
+def run_cli(prog, args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+  module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval"}[prog]
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        env=env, timeout=timeout, check=False)
+
+
+def snapshot(directory):
+  """{relative path: sha256} of every file under a directory."""
+  out = {}
+  for path in sorted(pathlib.Path(directory).rglob("*")):
+    if path.is_file():
+      out[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out

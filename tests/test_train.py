@@ -1,0 +1,105 @@
+"""Training: only the prompt changes, the loss falls, resume is exact."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from prompt_tuning import data
+from prompt_tuning import model_params
+from prompt_tuning import numpy_checkpoints
+from prompt_tuning import optimizers
+from prompt_tuning import param_utils
+from prompt_tuning import trainer
+
+import helpers  # pylint: disable=g-bad-import-order
+
+
+@pytest.fixture(scope="module")
+def frozen_ckpt(tmp_path_factory):
+  return helpers.write_random_checkpoint(tmp_path_factory.mktemp("frozen"))
+
+
+def test_only_prompt_changes_and_loss_falls():
+  """On a frozen model that knows 'last:', a prompt learns to replace it."""
+  from prompt_tuning import demo  # pylint: disable=g-import-not-at-top
+  model = demo.demo_model()
+  frozen = jax.tree_util.tree_map(jnp.asarray, demo.pretrain(model, steps=300, log=lambda _: None))
+  ds = data.get_dataset("demo_last_word", {"inputs": 32, "targets": 8}, "train", 32, seed=0)
+  batches = list(ds.take(60).as_numpy_iterator())
+  shapes = {k: jnp.asarray(v[:1]) for k, v in batches[0].items()}
+  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0), shapes,
+                                          trainer.DEFAULT_TRAINABLE)
+  assert list(param_utils.flatten(trainable)) == ["encoder/prompt/prompt"]
+  frozen_before = jax.tree_util.tree_map(np.array, frozen)
+  tx = optimizers.adafactor()
+  opt_state = tx.init(trainable)
+  # Optimizer state exists for the prompt only.
+  assert max(leaf.size for leaf in jax.tree_util.tree_leaves(opt_state)) == 10 * 64
+  step = jax.jit(trainer.make_train_step(model, tx))
+  losses = []
+  for i, batch in enumerate(batches):
+    trainable, opt_state, metrics = step(trainable, opt_state, frozen, batch, jnp.int32(i),
+                                         jax.random.PRNGKey(1))
+    losses.append(float(metrics["cross_ent_loss_per_token"]))
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
+  for name, before in param_utils.flatten(frozen_before).items():
+    np.testing.assert_array_equal(np.asarray(param_utils.flatten(frozen)[name]), before)
+
+
+def test_frozen_weights_get_no_gradient_computation():
+  """The jitted step's gradient output covers exactly the trainable subtree."""
+  model = helpers.build_model(["DROPOUT_RATE = 0.0"])
+  batch = model_params.dummy_batch(2, 8, 4)
+  params = model_params.init_random(model, jax.random.PRNGKey(0), batch)
+  trainable, frozen = param_utils.split(params, trainer.DEFAULT_TRAINABLE)
+  grads = jax.grad(lambda tr: model.loss_fn(param_utils.merge(tr, frozen), batch)[0])(trainable)
+  assert param_utils.shapes(grads) == {"encoder/prompt/prompt": (6, 32)}
+  assert float(optax.global_norm(grads)) > 0
+
+
+def _final_prompt(model_dir):
+  step = numpy_checkpoints.latest_step(model_dir)
+  return np.load(f"{model_dir}/numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.npy"), step
+
+
+def test_kill_and_resume_is_exact(tmp_path, frozen_ckpt):
+  common = [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'", "CHECKPOINT_PERIOD = 2",
+            "EVAL_PERIOD = None", "LOG_PERIOD = 1", "DROPOUT_RATE = 0.1"]
+  full = tmp_path / "full"
+  helpers.train_in_process(full, common + ["TRAIN_STEPS = 8"])
+  # A run killed after step 5: its last complete checkpoint is step 4, and a
+  # half-written checkpoint folder lies around.
+  killed = tmp_path / "killed"
+  helpers.train_in_process(killed, common + ["TRAIN_STEPS = 8", "train.stop_after_step = 5"])
+  assert numpy_checkpoints.latest_step(str(killed)) == 4
+  (killed / "numpy_checkpoints" / "checkpoint_6.tmp-deadbeef").mkdir()
+  helpers.train_in_process(killed, common + ["TRAIN_STEPS = 8"])
+  want, step = _final_prompt(str(full))
+  got, got_step = _final_prompt(str(killed))
+  assert step == got_step == 8
+  np.testing.assert_array_equal(got, want)
+  assert not list((killed / "numpy_checkpoints").glob("*.tmp-*"))
+  # Step 0 holds the initial prompt, and the prompt moved since.
+  initial = np.load(killed / "numpy_checkpoints/checkpoint_0/encoder.prompt.prompt.npy")
+  assert initial.shape == (6, 32) and np.abs(initial).max() <= 0.5
+  assert np.abs(initial - got).max() > 1e-3
+
+
+def test_longer_train_steps_continue(tmp_path, frozen_ckpt):
+  common = [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'", "CHECKPOINT_PERIOD = 3",
+            "EVAL_PERIOD = None", "LOG_PERIOD = 4"]
+  once, twice = tmp_path / "once", tmp_path / "twice"
+  helpers.train_in_process(once, common + ["TRAIN_STEPS = 8"])
+  helpers.train_in_process(twice, common + ["TRAIN_STEPS = 4"])
+  helpers.train_in_process(twice, common + ["TRAIN_STEPS = 8"])
+  np.testing.assert_array_equal(_final_prompt(str(twice))[0], _final_prompt(str(once))[0])
+  assert numpy_checkpoints.steps(str(twice)) == [0, 3, 4, 6, 8]
+
+
+def test_keep_checkpoints(tmp_path, frozen_ckpt):
+  helpers.train_in_process(tmp_path, [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
+                                      "CHECKPOINT_PERIOD = 1", "KEEP_CHECKPOINTS = 2",
+                                      "EVAL_PERIOD = None", "TRAIN_STEPS = 5"])
+  assert numpy_checkpoints.steps(str(tmp_path)) == [0, 4, 5]
+  assert (tmp_path / "config.gin").read_text().count("PROMPT_LENGTH") >= 1
