@@ -6,12 +6,18 @@ jitted model over fixed-size batches (the last one padded and trimmed).
 Results go through seqio's own JSONLogger (`{task}-metrics.jsonl`,
 `{task}-{step:06}.jsonl`) and TensorBoardLogger. A mixture is evaluated task
 by task, and `{mixture}-metrics.jsonl` gets every task's metrics plus their
-average (each task's metrics averaged first).
+average (each task's metrics averaged first). With a SMoP prompt, each task's
+metrics also get `routing/prompt_i`: the share of its eval examples routed to
+prompt i (not part of the mixture average).
 """
 import functools
-from typing import Mapping
+import os
+import re
+from typing import Mapping, Optional, Sequence
 
 from absl import logging
+import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +25,14 @@ import seqio
 
 from prompt_tuning import data
 from prompt_tuning import file_utils
+from prompt_tuning import initializers
+from prompt_tuning import model_params
+from prompt_tuning import numpy_checkpoints
+from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+
+DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
+from prompt_tuning import smop
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 
@@ -99,6 +112,24 @@ def mixture_summary(metrics_by_task: Mapping[str, Mapping[str, object]]) -> dict
   return out
 
 
+def routing_metrics(evaluator, model, params, batch_size, mesh) -> dict:
+  """SMoP only: {task: {'routing/prompt_i': share of its eval examples}}."""
+  if not smop.is_smop(model):
+    return {}
+  return {task.name: smop.routing_metrics(smop.routing_fractions(model, params, (
+      (index, partitioning.shard_batch(mesh, feats)) for index, feats in
+      batches(evaluator.cached_model_datasets[task.name], batch_size))))
+          for task in evaluator.eval_tasks}
+
+
+def _logging_also(logger, extra):
+  """A seqio logger that adds extra[task_name] to each task's metrics."""
+  def log(*, task_name, metrics, **kwargs):
+    more = {k: seqio.metrics.Scalar(v) for k, v in extra.get(task_name, {}).items()}
+    return logger(task_name=task_name, metrics={**metrics, **more}, **kwargs)
+  return log
+
+
 def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_length=None):
   """Evaluates `params`; returns {task: {metric: float}} (plus the mixture summary)."""
   if evaluator is None:
@@ -106,9 +137,16 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
   lengths = evaluator.model_feature_shapes
   decode_len = max_decode_length or lengths["decoder_target_tokens"][0]
   fns = ModelFns(model, params, batch_size, mesh, decode_len)
-  all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                      predict_fn=fns.predict_fn, score_fn=fns.score_fn)
-  metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  routing = routing_metrics(evaluator, model, params, batch_size, mesh)
+  loggers = evaluator._loggers  # pylint: disable=protected-access
+  if routing:  # merged into each task's own metrics line
+    evaluator._loggers = tuple(_logging_also(l, routing) for l in loggers)  # pylint: disable=protected-access
+  try:
+    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
+                                        predict_fn=fns.predict_fn, score_fn=fns.score_fn)
+    metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  finally:
+    evaluator._loggers = loggers  # pylint: disable=protected-access
   result = {task: {k: _scalar(v) for k, v in m.items()} for task, m in metrics.items()}
   name = evaluator.mixture_or_task_name
   if len(result) > 1 or name not in result:
@@ -118,9 +156,94 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
              metrics={k: seqio.metrics.Scalar(v) for k, v in summary.items()},
              dataset=None, inferences=None, targets=None)
     result[name] = summary
+  for task, values in routing.items():
+    result.setdefault(task, {}).update(values)
   if writer is not None:
     writer.scalars(step, {f"eval/{t}/{k}": v for t, m in result.items() for k, v in m.items()})
   for task, m in sorted(result.items()):
     print(f"eval step {step} {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
           flush=True)
   return result
+
+
+# The pt-eval job.
+
+
+def _step_of(path: str) -> int:
+  match = re.search(r"checkpoint_(\d+)", path)
+  return int(match.group(1)) if match else 0
+
+
+def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Optional[str]):
+  """(trainable params, step, where) from PROMPT_FILE or MODEL_DIR's latest checkpoint."""
+  names = param_utils.shapes(abstract_trainable)
+  if prompt_file and not prompt_file.endswith(".npy"):
+    directory = prompt_file  # a numpy checkpoint folder
+  elif prompt_file:
+    if len(names) != 1:
+      raise initializers.PromptInitError(
+          f"PROMPT_FILE {prompt_file} is one array but this model trains {sorted(names)}: "
+          "point PROMPT_FILE at the numpy checkpoint folder instead")
+    (name, shape), = names.items()
+    value = initializers.load_prompt_file(prompt_file, shape)
+    return param_utils.unflatten({name: value}), _step_of(prompt_file), prompt_file
+  elif model_dir and numpy_checkpoints.latest_step(model_dir) is not None:
+    step = numpy_checkpoints.latest_step(model_dir)
+    directory = numpy_checkpoints.checkpoint_dir(model_dir, step)
+  else:
+    raise initializers.PromptInitError(
+        "no prompt to evaluate: set PROMPT_FILE to a .npy prompt, or MODEL_DIR to a run "
+        "with numpy_checkpoints")
+  missing = [n for n in names if not file_utils.exists(
+      os.path.join(directory, numpy_checkpoints.param_filename(n)))]
+  if missing:
+    raise initializers.PromptInitError(
+        f"{directory} lacks {', '.join(numpy_checkpoints.param_filename(n) for n in missing)}")
+  params = numpy_checkpoints.load_params(directory, names)
+  for name, value in param_utils.flatten(params).items():
+    if tuple(value.shape) != tuple(names[name]):
+      raise initializers.PromptInitError(
+          f"{directory}: {name} has shape {list(value.shape)}, the model expects "
+          f"{list(names[name])} (check PROMPT_LENGTH and EMBED_DIM)")
+  return params, _step_of(directory), directory
+
+
+@gin.configurable
+def evaluate(*,
+             model=gin.REQUIRED,
+             mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             batch_size: int = gin.REQUIRED,
+             checkpoint_path: Optional[str] = None,
+             initial_checkpoint_path: Optional[str] = None,
+             prompt_file: Optional[str] = None,
+             model_dir: Optional[str] = None,
+             eval_output_dir: Optional[str] = None,
+             split: str = "validation",
+             use_cached_tasks: bool = False,
+             mixture_or_task_module=None,
+             trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
+             mesh_fn=partitioning.make_mesh):
+  """Evaluates and returns {task: {metric: value}}."""
+  data.import_task_modules(mixture_or_task_module)
+  data.get_task(mixture_or_task_name)
+  frozen_path = checkpoint_path or initial_checkpoint_path
+  if not frozen_path:
+    raise initializers.PromptInitError(
+        "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
+  output_dir = eval_output_dir or (os.path.join(model_dir, "inference_eval") if model_dir else None)
+  if not output_dir:
+    raise initializers.PromptInitError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
+  mesh = mesh_fn()
+  lengths = dict(task_feature_lengths)
+  batch = model_params.dummy_batch(1, lengths["inputs"], lengths["targets"])
+  abstract_trainable = param_utils.split(
+      nn.unbox(model_params.abstract_params(model, batch)), trainable_params)[0]
+  trainable, step, source = load_trainable(abstract_trainable, prompt_file, model_dir)
+  frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
+  trainable = jax.device_put(trainable, partitioning.replicated(mesh))
+  evaluator = make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
+                                        batch_size, use_cached_tasks, mesh)
+  print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
+  return run(evaluator, model, param_utils.merge(trainable, frozen), step, None,
+                        batch_size, mesh)

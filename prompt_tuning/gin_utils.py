@@ -106,7 +106,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   except (IOError, OSError) as e:
     raise ConfigError(f"gin: {e}. Gin files are looked up in --gin_search_paths and "
                       f"{package_gin_dir()}") from None
-  except (ValueError, TypeError, SyntaxError) as e:
+  except (ValueError, TypeError, SyntaxError, KeyError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f"gin config error: {first}") from None
   finally:

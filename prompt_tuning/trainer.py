@@ -31,7 +31,7 @@ from prompt_tuning import param_utils
 from prompt_tuning import partitioning
 from prompt_tuning import summaries
 
-DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
+DEFAULT_TRAINABLE = evaluation.DEFAULT_TRAINABLE
 
 
 class TrainError(RuntimeError):
