@@ -1,6 +1,7 @@
 """Datasets through seqio: a task or mixture, an encoder-decoder feature
 converter without packing, batched for the model."""
 import importlib
+import os
 from typing import Mapping, Optional
 
 import jax
@@ -10,6 +11,22 @@ import tensorflow as tf
 
 class DataError(ValueError):
   """Unknown task, empty dataset and other data problems; says what to fix."""
+
+
+def configure_sources(vocabulary=None, superglue_data_dir: Optional[str] = None) -> None:
+  """Points the shipped tasks (prompt_tuning.tasks) at the run's data and vocabulary.
+
+  Call before importing task modules: their tasks read the SentencePiece model
+  path (PT_VOCABULARY_PATH) when they register, so the model's VOCABULARY and
+  the tasks' agree. SUPERGLUE_DATA_DIR selects the official JSONL release over
+  TFDS.
+  """
+  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  if path and "PT_VOCABULARY_PATH" not in os.environ:
+    os.environ["PT_VOCABULARY_PATH"] = path
+  if superglue_data_dir:
+    from prompt_tuning.tasks import sources  # pylint: disable=g-import-not-at-top
+    sources.set_superglue_data_dir(superglue_data_dir)
 
 
 def import_task_modules(modules) -> None:

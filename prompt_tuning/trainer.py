@@ -85,6 +85,8 @@ def train(*,
           log_period: int = 100,
           shuffle: bool = True,
           mesh_fn=partitioning.make_mesh,
+          vocabulary=None,
+          superglue_data_dir: Optional[str] = None,
           stop_after_step: Optional[int] = None):
   """Trains the prompt; returns the final trainable parameters (numpy tree).
 
@@ -92,6 +94,7 @@ def train(*,
   """
   if train_steps < 0:
     raise TrainError(f"TRAIN_STEPS must be >= 0, got {train_steps}")
+  data.configure_sources(vocabulary, superglue_data_dir)
   data.import_task_modules(mixture_or_task_module)
   mesh = mesh_fn()
   lengths = dict(task_feature_lengths)
