@@ -1,0 +1,106 @@
+"""bench/train_step.py: one tiny run end to end, and its FLOP count by hand."""
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+import prompt_tuning
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+TINY_ARGS = ["--size", "tiny", "--batch", "2", "--inputs", "16", "--targets", "4",
+             "--prompt", "5", "--steps", "2", "--warmup", "1"]
+POSITIVE = ("step_s", "examples_per_s", "tokens_per_s", "model_flops_per_step",
+            "model_flops_per_s", "peak_rss_mb", "compile_s")
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_tiny_run_prints_one_json_row(bench, capsys):
+  rows = bench.main(TINY_ARGS)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(rows) == 1 and len(lines) == 1
+  row = json.loads(lines[0])
+  assert row == rows[0]
+  for key in ("size", "batch", "inputs", "targets", "prompt", "dtype", "backend",
+              "device_kind", "xla_flops_per_step") + POSITIVE:
+    assert key in row, key
+  for key in POSITIVE:
+    assert row[key] > 0, key
+  assert (row["size"], row["batch"], row["inputs"], row["targets"], row["prompt"]) == (
+      "tiny", 2, 16, 4, 5)
+  assert row["encoder_length"] == 21
+  assert row["dtype"] == ("float32" if row["backend"] == "cpu" else "bfloat16")
+  assert row["model_flops_per_step"] == bench.count_flops(bench.make_config("tiny"), 2, 21, 4)
+  assert row["trainable_params"] == 5 * 64
+  if row["xla_flops_per_step"] is not None:
+    assert row["xla_flops_per_step"] > 0
+
+
+def test_count_flops_by_hand(bench):
+  config = bench.make_config("tiny")  # d 64, n = 4*16 = 64, f 128, gated (g = 2), 2 + 2 layers
+  b, L, T, d, n, f, V = 2, 21, 4, 64, 64, 128, 32128
+  # Forward.
+  enc_w = 2 * b * L * (4 * d * n + 3 * d * f)       # q k v out, wi_0 wi_1 wo
+  enc_a = 2 * (2 * b * L * L * n)                   # scores, values
+  self_w = 2 * b * T * 4 * d * n
+  self_a = 2 * (2 * b * T * T * n)
+  cross_q, cross_out = 2 * b * T * d * n, 2 * b * T * n * d
+  cross_kv = 2 * (2 * b * L * d * n)
+  cross_scores = cross_values = 2 * b * T * L * n
+  dec_mlp = 2 * b * T * 3 * d * f
+  logits = 2 * b * T * d * V
+  dec_fwd = self_w + self_a + cross_q + cross_out + cross_kv + cross_scores + cross_values + dec_mlp
+  forward = 2 * (enc_w + enc_a) + 2 * dec_fwd + logits
+  assert bench.count_flops(config, b, L, T, training=False) == forward
+  # Training: weight matmuls 2x, activation-activation matmuls 3x; the first decoder
+  # layer's self-attention and cross-attention query do not see the prompt (1x) and
+  # its cross-attention scores need only the key gradient (2x).
+  enc_train = 2 * enc_w + 3 * enc_a
+  first = (self_w + self_a + cross_q + 2 * (cross_out + cross_kv + dec_mlp)
+           + 2 * cross_scores + 3 * cross_values)
+  later = 2 * (self_w + cross_q + cross_out + cross_kv + dec_mlp) + 3 * (
+      self_a + cross_scores + cross_values)
+  training = 2 * enc_train + first + later + 2 * logits
+  assert bench.count_flops(config, b, L, T) == training
+  assert training == 86_755_328  # the numbers above, multiplied out
+  assert 2 * forward < training < 3 * forward
+
+
+def test_smop_cost_ratio_matches_the_paper_setting(bench):
+  # SMoP 4x5 prepends 5 tokens: about 0.73 of the cost of a 100-token prompt.
+  config = bench.make_config("small")
+  ratio = bench.count_flops(config, 8, 5 + 256, 8) / bench.count_flops(config, 8, 100 + 256, 8)
+  assert 0.70 < ratio < 0.75
+
+
+def test_compare_smop_prints_both_runs_and_the_ratios(bench, capsys):
+  args = ["--size", "tiny", "--batch", "2", "--inputs", "16", "--targets", "4", "--prompt", "10",
+          "--steps", "1", "--warmup", "0", "--compare-smop"]
+  prompt_row, smop_row, summary = bench.main(args)
+  assert len(capsys.readouterr().out.strip().splitlines()) == 3
+  assert (prompt_row["method"], smop_row["method"]) == ("prompt", "smop")
+  assert summary["smop_over_prompt_step_ratio"] > 0
+  assert prompt_row["prompt"] == 10
+  assert 0 < summary["smop_over_prompt_flops_ratio"] < 1
+  assert summary["smop_over_prompt_flops_ratio"] == pytest.approx(
+      smop_row["model_flops_per_step"] / prompt_row["model_flops_per_step"])
+  assert summary["smop_emulated"] == smop_row["smop_emulated"]
+  if smop_row["smop_emulated"]:
+    assert summary["note"] == "smop module not available; emulated with a 5-token prompt"
+    assert smop_row["prompt"] == 5
+
+
+def test_smop_is_emulated_without_the_module(bench, monkeypatch):
+  monkeypatch.delattr(prompt_tuning, "smop", raising=False)
+  monkeypatch.setitem(sys.modules, "prompt_tuning.smop", None)  # import fails
+  module, note = bench.smop_module(4, 5)
+  assert note == "smop module not available; emulated with a 5-token prompt"
+  assert module.length == 5
