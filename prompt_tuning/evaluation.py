@@ -11,8 +11,10 @@ metrics also get `routing/prompt_i`: the share of its eval examples routed to
 prompt i (not part of the mixture average).
 """
 import functools
+import json
 import os
 import re
+import time
 from typing import Mapping, Optional, Sequence
 
 from absl import logging
@@ -26,12 +28,14 @@ import seqio
 from prompt_tuning import data
 from prompt_tuning import file_utils
 from prompt_tuning import initializers
+from prompt_tuning import losses
 from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
 
 DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
+EOS_ID = 1
 from prompt_tuning import smop
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
@@ -48,14 +52,55 @@ def batches(ds, batch_size):
     yield index, feats
 
 
-class ModelFns:
-  """Jitted predict/score functions over a fixed parameter tree."""
+def label_token_ids(vocabulary, labels):
+  """[K, T] ids of each label string followed by EOS (zero-padded)."""
+  encoded = [list(vocabulary.encode(label)) + [EOS_ID] for label in labels]
+  out = np.zeros((len(encoded), max(map(len, encoded))), np.int32)
+  for k, ids in enumerate(encoded):
+    out[k, :len(ids)] = ids
+  return out
 
-  def __init__(self, model, params, batch_size, mesh, max_decode_length):
+
+def make_rank_fn(model, label_ids):
+  """(params, batch) -> [b, K] log-likelihood of every label; the encoder
+  (with the prompt) runs once per example and is shared by all labels."""
+  label_ids = jnp.asarray(label_ids)
+
+  def rank(params, batch):
+    encoded, mask = model.encode(params, batch["encoder_input_tokens"])
+    b = encoded.shape[0]
+    scores = []
+    for k in range(label_ids.shape[0]):
+      targets = jnp.broadcast_to(label_ids[k], (b, label_ids.shape[1]))
+      inputs = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # shifted right, start id 0
+      logits = model.decode_logits(params, encoded, mask, inputs, targets)
+      ll = losses.token_log_likelihoods(logits, targets)
+      scores.append(jnp.sum(ll * (targets > 0), axis=-1))
+    return jnp.stack(scores, axis=-1)
+
+  return rank
+
+
+class ModelFns:
+  """Jitted predict/score functions over a fixed parameter tree.
+
+  `decoding`: 'greedy' decodes every task; 'rank' (rank classification)
+  scores each label string of a task that has class labels
+  (prompt_tuning.tasks.labels) and predicts the best, so the prediction is
+  always a legal label; 'auto' = rank where labels exist, else greedy. Rank
+  scores go to `{task}-{step:06}-label_scores.jsonl` beside seqio's files.
+  """
+
+  def __init__(self, model, params, batch_size, mesh, max_decode_length, evaluator=None,
+               decoding="greedy", step=0, log_dir=None):
     self.model, self.params, self.batch_size, self.mesh = model, params, batch_size, mesh
     self._predict = jax.jit(functools.partial(model.predict_batch,
                                               max_decode_length=max_decode_length))
     self._score = jax.jit(model.score_batch)
+    self._decoding, self._step, self._log_dir = decoding, step, log_dir
+    self._task_of = {}
+    if evaluator is not None:
+      self._task_of = {id(ds): name for name, ds in evaluator.cached_model_datasets.items()}
 
   def _run(self, fn, ds):
     out = []
@@ -64,8 +109,30 @@ class ModelFns:
       out.extend(zip(index.tolist(), result[:len(index)]))
     return out
 
+  def _labels(self, task_name):
+    if self._decoding == "greedy" or task_name is None:
+      return None
+    from prompt_tuning.tasks import labels  # pylint: disable=g-import-not-at-top
+    found = labels.get_class_labels(task_name)
+    if not found and self._decoding == "rank":
+      logging.warning("%s has no class labels: decoding greedily", task_name)
+    return found
+
   def predict_fn(self, ds, *unused_args):
-    return [(i, tokens.tolist()) for i, tokens in self._run(self._predict, ds)]
+    task_name = self._task_of.get(id(ds))
+    label_strings = self._labels(task_name)
+    if not label_strings:
+      return [(i, tokens.tolist()) for i, tokens in self._run(self._predict, ds)]
+    vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+    ids = label_token_ids(vocabulary, label_strings)
+    scored = self._run(jax.jit(make_rank_fn(self.model, ids)), ds)
+    if self._log_dir:
+      file_utils.write_text_atomic(
+          os.path.join(self._log_dir, f"{task_name}-{self._step:06}-label_scores.jsonl"),
+          "".join(json.dumps({"index": i, "label_scores": dict(zip(label_strings, map(float, s))),
+                              "prediction": label_strings[int(np.argmax(s))]}) + "\n"
+                  for i, s in scored))
+    return [(i, ids[int(np.argmax(s))].tolist()) for i, s in scored]
 
   def score_fn(self, ds, *unused_args):
     return [(i, float(score)) for i, score in self._run(self._score, ds)]
@@ -87,6 +154,7 @@ def make_evaluator(model, mixture_or_task_name, task_feature_lengths, split, log
                     mixture_or_task_name, split)
     return None
   evaluator.mixture_or_task_name = mixture_or_task_name
+  evaluator.log_dir = log_dir
   return evaluator
 
 
@@ -130,17 +198,43 @@ def _logging_also(logger, extra):
   return log
 
 
-def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_length=None):
-  """Evaluates `params`; returns {task: {metric: float}} (plus the mixture summary)."""
+DECODINGS = ("auto", "rank", "greedy", "both")
+
+
+def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_length=None,
+        decoding="auto"):
+  """Evaluates `params`; returns {task: {metric: float}} (plus the mixture summary).
+
+  decoding='both' evaluates twice, with rank classification and with greedy
+  decoding (the paper's protocol), logged under `rank/` and `greedy/` of the
+  output folder and printed side by side; the returned dict is the rank one.
+  """
   if evaluator is None:
     return {}
+  if decoding not in DECODINGS:
+    raise ValueError(f"EVAL_DECODING must be one of {DECODINGS}, got {decoding!r}")
+  if decoding == "both":
+    loggers = evaluator._loggers  # pylint: disable=protected-access
+    results = {}
+    try:
+      for mode in ("greedy", "rank"):
+        sub = os.path.join(evaluator.log_dir, mode)
+        file_utils.makedirs(sub)
+        evaluator._loggers = tuple(type(l)(output_dir=sub) for l in loggers)  # pylint: disable=protected-access
+        results[mode] = run(evaluator, model, params, step, writer, batch_size, mesh,
+                            max_decode_length, mode)
+    finally:
+      evaluator._loggers = loggers  # pylint: disable=protected-access
+    return results["rank"]
   lengths = evaluator.model_feature_shapes
   decode_len = max_decode_length or lengths["decoder_target_tokens"][0]
-  fns = ModelFns(model, params, batch_size, mesh, decode_len)
+  fns = ModelFns(model, params, batch_size, mesh, decode_len, evaluator, decoding, step,
+                 evaluator._loggers[0].output_dir if evaluator._loggers else None)  # pylint: disable=protected-access
   routing = routing_metrics(evaluator, model, params, batch_size, mesh)
   loggers = evaluator._loggers  # pylint: disable=protected-access
   if routing:  # merged into each task's own metrics line
     evaluator._loggers = tuple(_logging_also(l, routing) for l in loggers)  # pylint: disable=protected-access
+  start = time.time()
   try:
     all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
                                         predict_fn=fns.predict_fn, score_fn=fns.score_fn)
@@ -161,7 +255,7 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
   if writer is not None:
     writer.scalars(step, {f"eval/{t}/{k}": v for t, m in result.items() for k, v in m.items()})
   for task, m in sorted(result.items()):
-    print(f"eval step {step} {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
+    print(f"eval step {step} {task} ({decoding}, {time.time() - start:.1f}s): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
           flush=True)
   return result
 
@@ -223,8 +317,12 @@ def evaluate(*,
              use_cached_tasks: bool = False,
              mixture_or_task_module=None,
              trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
-             mesh_fn=partitioning.make_mesh):
+             mesh_fn=partitioning.make_mesh,
+             decoding: str = "auto",
+             vocabulary=None,
+             superglue_data_dir: Optional[str] = None):
   """Evaluates and returns {task: {metric: value}}."""
+  data.configure_sources(vocabulary, superglue_data_dir)
   data.import_task_modules(mixture_or_task_module)
   data.get_task(mixture_or_task_name)
   frozen_path = checkpoint_path or initial_checkpoint_path
@@ -246,4 +344,4 @@ def evaluate(*,
                                         batch_size, use_cached_tasks, mesh)
   print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
   return run(evaluator, model, param_utils.merge(trainable, frozen), step, None,
-                        batch_size, mesh)
+             batch_size, mesh, decoding=decoding)

@@ -85,6 +85,7 @@ def train(*,
           log_period: int = 100,
           shuffle: bool = True,
           mesh_fn=partitioning.make_mesh,
+          eval_decoding: str = "auto",
           vocabulary=None,
           superglue_data_dir: Optional[str] = None,
           stop_after_step: Optional[int] = None):
@@ -195,7 +196,7 @@ def train(*,
       save(done)
     if evaluator is not None and (done % eval_period == 0 or done == train_steps):
       evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
-                     eval_batch_size or batch_size, mesh)
+                     eval_batch_size or batch_size, mesh, decoding=eval_decoding)
     if stop_after_step is not None and done >= stop_after_step:
       break
   writer.close()
