@@ -22,7 +22,7 @@ def configure_sources(vocabulary=None, superglue_data_dir: Optional[str] = None)
   TFDS.
   """
   path = getattr(vocabulary, "sentencepiece_model_file", None)
-  if path and "PT_VOCABULARY_PATH" not in os.environ:
+  if path:  # the configured VOCABULARY is the single source of truth
     os.environ["PT_VOCABULARY_PATH"] = path
   if superglue_data_dir:
     from prompt_tuning.tasks import sources  # pylint: disable=g-import-not-at-top

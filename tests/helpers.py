@@ -76,7 +76,8 @@ def train_in_process(model_dir, bindings=(), files=("runs/prompt_finetune.gin",)
 
 
 def run_cli(prog, args, timeout=300):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+  env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
   module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval"}[prog]
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
