@@ -52,6 +52,10 @@ def make_train_step(model, optimizer):
     trainable = optax.apply_updates(trainable, updates)
     metrics = dict(metrics)
     metrics["grad_norm"] = optax.global_norm(grads)
+    # The loss is computed before the update: check the updated parameters too,
+    # so a diverged prompt is never checkpointed.
+    metrics["params_finite"] = jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(trainable)]))
     metrics.update(summaries.intermediate_metrics(intermediates))
     return trainable, opt_state, metrics
 
@@ -137,6 +141,8 @@ def train(*,
       logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
                       int(state["random_seed"]))
     logging.info("Resuming from %s (step %d)", directory, start_step)
+  # Placed as the step's outputs will be, so the step compiles once, not twice.
+  opt_state = jax.device_put(opt_state, partitioning.replicated(mesh))
 
   # Inputs are valid: from here on MODEL_DIR is written (atomically).
   file_utils.makedirs(model_dir)
@@ -173,15 +179,16 @@ def train(*,
                                             jnp.int32(step), step_rng)
     done = step + 1
     loss = float(metrics["loss"])
-    if not np.isfinite(loss):
+    if not np.isfinite(loss) or not bool(metrics["params_finite"]):
+      what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
       raise TrainError(
-          f"loss is {loss} at step {done}: the prompt diverged (try a lower learning rate, "
+          f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
           f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
           f"{numpy_checkpoints.latest_step(model_dir)} are intact")
     if done % log_period == 0 or done == train_steps:
       now = time.time()
       steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
-      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "params_finite"}
       host.update(learning_rate=lr, steps_per_second=steps_per_s,
                   examples_per_second=steps_per_s * batch_size)
       writer.scalars(done, host)

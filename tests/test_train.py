@@ -103,3 +103,16 @@ def test_keep_checkpoints(tmp_path, frozen_ckpt):
                                       "EVAL_PERIOD = None", "TRAIN_STEPS = 5"])
   assert numpy_checkpoints.steps(str(tmp_path)) == [0, 4, 5]
   assert (tmp_path / "config.gin").read_text().count("PROMPT_LENGTH") >= 1
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path, frozen_ckpt):
+  with pytest.raises(trainer.TrainError, match=r"(loss is (nan|inf)|the updated prompt is not finite) at step \d+.*checkpoints up to step \d+ are intact"):
+    helpers.train_in_process(tmp_path, [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
+                                        "CHECKPOINT_PERIOD = 1", "EVAL_PERIOD = None",
+                                        "TRAIN_STEPS = 20",
+                                        "optimizers.adafactor.learning_rate = 1e30",
+                                        "optimizers.adafactor.weight_decay_rate = 1e30"])
+  # The checkpoints written before the divergence are complete and finite.
+  for step in numpy_checkpoints.steps(str(tmp_path)):
+    prompt = np.load(tmp_path / f"numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.npy")
+    assert np.all(np.isfinite(prompt))
