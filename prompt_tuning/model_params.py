@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from prompt_tuning import checkpoints
+from prompt_tuning import initializers
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
 
@@ -29,8 +30,12 @@ def _init_fn(model, batch):
 
 
 def abstract_params(model, batch):
-  """Boxed ShapeDtypeStructs of every parameter (carries logical axis names)."""
-  return jax.eval_shape(_init_fn(model, batch), jax.random.PRNGKey(0))
+  """Boxed ShapeDtypeStructs of every parameter (carries logical axis names).
+
+  Prompt initialisers do no work here (no checkpoint or file is read).
+  """
+  with initializers.shapes_only():
+    return jax.eval_shape(_init_fn(model, batch), jax.random.PRNGKey(0))
 
 
 def init_trainable(model, rng, batch, patterns, mesh=None):

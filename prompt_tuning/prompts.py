@@ -11,6 +11,8 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from prompt_tuning import initializers
+
 PROMPT_AXES = ("prompt", "embed")
 
 
@@ -36,6 +38,7 @@ class Prompt(nn.Module):
   @nn.compact
   def __call__(self, input_tokens, embedded, mask, deterministic=True):
     del input_tokens, deterministic
-    prompt = self.param("prompt", nn.with_logical_partitioning(self.init, PROMPT_AXES),
+    init = initializers.lazy(self.init, self.is_initializing())
+    prompt = self.param("prompt", nn.with_logical_partitioning(init, PROMPT_AXES),
                         (self.length, embedded.shape[-1]), jnp.float32)
     return prepend(prompt, embedded, mask)

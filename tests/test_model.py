@@ -158,3 +158,29 @@ def test_param_tree_is_t5x():
   assert shapes["encoder/relpos_bias/rel_embedding"] == (6, 32)
   assert shapes["encoder/prompt/prompt"] == (100, 512)
   assert len(shapes) == 1 + (1 + 8 * 9 + 1 + 1) + (1 + 8 * 14 + 1 + 1)
+
+
+def test_prompt_initialiser_runs_only_at_init():
+  """Shapes (eval_shape) and apply never call a prompt initialiser, which may
+  read checkpoints (class labels, sampled vocab): only init does."""
+  calls = []
+
+  def init(rng, shape, dtype=jnp.float32):
+    calls.append(shape)
+    return jnp.full(shape, 0.25, dtype)
+
+  config = t5.T5Config(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
+                       num_encoder_layers=1, num_decoder_layers=1, dtype="float32",
+                       dropout_rate=0.0)
+  model = models.EncoderDecoderModel(t5.Transformer(config, prompt=prompts.Prompt(3, init)))
+  batch = model_params.dummy_batch(2, 5, 3)
+  model_params.abstract_params(model, batch)
+  assert not calls
+  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0), batch,
+                                          ["encoder/prompt/.*"])
+  assert calls == [(3, 8)]
+  np.testing.assert_array_equal(np.asarray(trainable["encoder"]["prompt"]["prompt"]), 0.25)
+  params = model_params.init_random(model, jax.random.PRNGKey(0), batch)
+  calls.clear()
+  model.logits(params, batch)
+  assert not calls
