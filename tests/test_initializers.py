@@ -182,8 +182,8 @@ def test_gin_random_uniform():
 
 
 def test_gin_sampled_vocab(tiny_checkpoint, table):
-  init = configured_init("prompts/sampled_vocab.gin",
-                         [f"INITIAL_CHECKPOINT_PATH = '{tiny_checkpoint}'", "POPULATION_SIZE = 100"])
+  init = configured_init("prompts/sampled_vocab.gin", [
+      f"INITIAL_CHECKPOINT_PATH = '{tiny_checkpoint}'", "POPULATION_SIZE = 100"])
   assert row_ids(jit_init(init, (20, 4)), table).max() < 100
 
 
