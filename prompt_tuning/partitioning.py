@@ -35,7 +35,10 @@ LOGICAL_AXIS_RULES = (
 def make_mesh(num_partitions: int = 1, devices: Optional[Sequence] = None) -> Mesh:
   devices = np.asarray(devices if devices is not None else jax.devices())
   if devices.size % num_partitions:
-    raise ValueError(f"NUM_PARTITIONS {num_partitions} does not divide {devices.size} devices")
+    from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+    raise gin_utils.ConfigError(
+        f"NUM_PARTITIONS {num_partitions} does not divide the {devices.size} devices: use a "
+        "divisor of the device count")
   return Mesh(devices.reshape(-1, num_partitions), ("data", "model"))
 
 
