@@ -81,6 +81,17 @@ def make_rank_fn(model, label_ids):
   return rank
 
 
+_JITTED = {}
+
+
+def _jitted(key, build):
+  """One jitted function per (model, kind, ...) for the whole process, so
+  periodic evaluations and every task reuse their compilations."""
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(build())
+  return _JITTED[key]
+
+
 class ModelFns:
   """Jitted predict/score functions over a fixed parameter tree.
 
@@ -94,9 +105,9 @@ class ModelFns:
   def __init__(self, model, params, batch_size, mesh, max_decode_length, evaluator=None,
                decoding="greedy", step=0, log_dir=None):
     self.model, self.params, self.batch_size, self.mesh = model, params, batch_size, mesh
-    self._predict = jax.jit(functools.partial(model.predict_batch,
-                                              max_decode_length=max_decode_length))
-    self._score = jax.jit(model.score_batch)
+    self._predict = _jitted((id(model), "predict", max_decode_length), lambda: functools.partial(
+        model.predict_batch, max_decode_length=max_decode_length))
+    self._score = _jitted((id(model), "score"), lambda: model.score_batch)
     self._decoding, self._step, self._log_dir = decoding, step, log_dir
     self._task_of = {}
     if evaluator is not None:
@@ -125,7 +136,9 @@ class ModelFns:
       return [(i, tokens.tolist()) for i, tokens in self._run(self._predict, ds)]
     vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
     ids = label_token_ids(vocabulary, label_strings)
-    scored = self._run(jax.jit(make_rank_fn(self.model, ids)), ds)
+    rank = _jitted((id(self.model), "rank", ids.tobytes(), ids.shape),
+                   lambda: make_rank_fn(self.model, ids))
+    scored = self._run(rank, ds)
     if self._log_dir:
       file_utils.write_text_atomic(
           os.path.join(self._log_dir, f"{task_name}-{self._step:06}-label_scores.jsonl"),
