@@ -23,3 +23,20 @@ gin.external_configurable(seqio.ByteVocabulary, module="seqio")
 # The programs' own entry points (`train`, `evaluate`) are gin-configurable too.
 from prompt_tuning import evaluation as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
 from prompt_tuning import trainer as _trainer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+
+
+@gin.configurable("configured_model")
+def _configured_model(model=gin.REQUIRED):
+  return model
+
+
+def build_model(gin_files, bindings=()):
+  """The `MODEL` that gin files (and bindings) configure, outside pt-train and
+  pt-eval (demos, benchmarks, tests). Leaves gin's config cleared."""
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  gin_utils.parse(list(gin_files), list(bindings) + ["configured_model.model = %MODEL"])
+  try:
+    return _configured_model()
+  finally:
+    gin.clear_config()

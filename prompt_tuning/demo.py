@@ -17,28 +17,19 @@ import os
 import sys
 import time
 
-import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from prompt_tuning import losses
 
 DEMO_GIN = "models/demo_prompt.gin"
 
 
-@gin.configurable("demo_model")
-def _configured_model(model=gin.REQUIRED):
-  return model
-
-
 def demo_model(bindings=()):
   """The tiny T5 of gin/models/demo_prompt.gin (any extra gin bindings applied)."""
-  from prompt_tuning import configurables, gin_utils  # pylint: disable=g-import-not-at-top,unused-import
-  gin.clear_config()
-  gin_utils.parse([DEMO_GIN], list(bindings) + ["demo_model.model = %MODEL"])
-  model = _configured_model()
-  gin.clear_config()
-  return model
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
+  return configurables.build_model([DEMO_GIN], bindings)
 
 
 def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=print):
@@ -52,7 +43,6 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
   params = model_params.init_random(model, jax.random.PRNGKey(seed),
                                     {k: jnp.asarray(v[:1]) for k, v in first.items()})
   # The prompt is not part of the frozen model.
-  params = {k: v for k, v in params.items()}
   params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, 100, steps), 
                    weight_decay=0.0)
@@ -65,9 +55,8 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
       logits = no_prompt.apply({"params": p}, batch["encoder_input_tokens"],
                                batch["decoder_input_tokens"], batch["decoder_target_tokens"])
       weights = batch["decoder_loss_weights"]
-      ll = jax.nn.log_softmax(logits)
-      nll = -jnp.take_along_axis(ll, batch["decoder_target_tokens"][..., None], -1)[..., 0]
-      return jnp.sum(nll * weights) / jnp.sum(weights)
+      ll = losses.token_log_likelihoods(logits, batch["decoder_target_tokens"])
+      return -jnp.sum(ll * weights) / jnp.sum(weights)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -83,7 +72,7 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
 
 
 def cmd_pretrain(args):
-  from prompt_tuning import checkpoints, numpy_checkpoints  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   path = os.path.join(args.out, f"checkpoint_{args.steps}")
   if os.path.exists(os.path.join(path, "checkpoint")):
     print(f"frozen model already at {path}")

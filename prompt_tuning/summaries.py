@@ -38,6 +38,7 @@ def intermediate_metrics(intermediates) -> dict:
   for path, value in flat:
     names = [getattr(p, "key", getattr(p, "idx", "")) for p in path]
     if "routing_fraction" in names:
+      fractions = jnp.asarray(value).reshape(-1, value.shape[-1]).mean(0)
       for i in range(value.shape[-1]):
-        out[f"routing/prompt_{i}"] = jnp.asarray(value).reshape(-1, value.shape[-1]).mean(0)[i]
+        out[f"routing/prompt_{i}"] = fractions[i]
   return out

@@ -14,7 +14,7 @@ import time
 from typing import Mapping, Optional, Sequence
 
 from absl import logging
-import flax.linen as nn
+import flax.serialization
 import gin
 import jax
 import jax.numpy as jnp
@@ -135,7 +135,6 @@ def train(*,
     if state is None:
       raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
                        "resumed; use a fresh MODEL_DIR (or PROMPT_FILE to start from its prompt)")
-    import flax.serialization  # pylint: disable=g-import-not-at-top
     opt_state = flax.serialization.from_state_dict(opt_state, state["opt_state"])
     if int(state["random_seed"]) != random_seed:
       logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
@@ -150,7 +149,8 @@ def train(*,
   writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
 
   def save(step):
-    state = {"opt_state": flax_state(opt_state), "step": step, "random_seed": random_seed,
+    state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
+             "step": step, "random_seed": random_seed,
              "examples_seen": step * batch_size}
     numpy_checkpoints.save(model_dir, step, jax.device_get(trainable), state)
     numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
@@ -209,8 +209,3 @@ def train(*,
   writer.close()
   logging.info("Training finished in %.1fs", time.time() - t0)
   return jax.device_get(trainable)
-
-
-def flax_state(tree):
-  import flax.serialization  # pylint: disable=g-import-not-at-top
-  return flax.serialization.to_state_dict(jax.device_get(tree))

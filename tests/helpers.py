@@ -39,19 +39,10 @@ def as_flags(bindings):
   return out
 
 
-@gin.configurable("test_model")
-def _model(model=gin.REQUIRED):
-  return model
-
-
 def build_model(bindings=()):
   """The gin-configured tiny MODEL."""
-  from prompt_tuning import configurables, gin_utils  # pylint: disable=g-import-not-at-top,unused-import
-  gin.clear_config()
-  gin_utils.parse(TINY_FILES, MODEL_BINDINGS + list(bindings) + ["test_model.model = %MODEL"])
-  model = _model()
-  gin.clear_config()
-  return model
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
+  return configurables.build_model(TINY_FILES, MODEL_BINDINGS + list(bindings))
 
 
 def write_random_checkpoint(directory, seed=0):
