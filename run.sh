@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 WORK="${WORK:-$PWD/demo_run}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 
-if ! python -c "import prompt_tuning.demo" 2>/dev/null || ! command -v pt-train >/dev/null; then
+# Installed into this python (not merely importable from the source folder here)?
+if ! python -c "import importlib.metadata as m; m.version('prompt-tuning-jax'); import prompt_tuning.demo" \
+     2>/dev/null || ! command -v pt-train >/dev/null; then
   python -m pip install -q -e .
 fi
 
