@@ -12,10 +12,12 @@ flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; --gin.NAME=value is
 flags.DEFINE_list("gin_search_paths", [], "Extra folders to look up gin files in (before the "
                   "package's own gin/ folder).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir (overrides every task's).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
-flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port.")
+flags.DEFINE_bool("distributed", False, "Multi-host run: call jax.distributed.initialize() "
+                  "(no arguments needed on Cloud TPU; elsewhere give the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port "
+                    "(process 0's address), with --num_processes and --process_id.")
 flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
-flags.DEFINE_integer("process_id", None, "jax.distributed process id.")
+flags.DEFINE_integer("process_id", None, "jax.distributed process id (0 .. num_processes-1).")
 
 FLAGS = flags.FLAGS
 
@@ -34,10 +36,39 @@ def setup():
   from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   if FLAGS.distributed:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id is not None:
+    raise gin_utils.ConfigError("--coordinator_address, --num_processes and --process_id need "
+                                "--distributed")
   if FLAGS.tfds_data_dir:
     seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
   gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+
+
+def initialize_distributed(coordinator_address, num_processes, process_id):
+  """jax.distributed.initialize: with no arguments on Cloud TPU (and other
+  clusters JAX detects), or with all three for an explicit setup such as
+  several CPU processes on one machine."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  given = [coordinator_address, num_processes, process_id]
+  if any(v is not None for v in given) and any(v is None for v in given):
+    raise gin_utils.ConfigError("--coordinator_address, --num_processes and --process_id go "
+                                "together: give all three, or none on Cloud TPU")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise gin_utils.ConfigError(f"--process_id must be in 0..{num_processes - 1}, got {process_id}")
+  # CPU processes talk through gloo (the default in recent JAX, set for older ones).
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):
+    pass
+  try:
+    if coordinator_address is None:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    raise gin_utils.ConfigError(f"jax.distributed.initialize failed: {_first_line(e)}") from None
 
 
 def _first_line(e):

@@ -4,9 +4,10 @@ import importlib
 import os
 from typing import Mapping, Optional
 
-import jax
 import seqio
 import tensorflow as tf
+
+from prompt_tuning import partitioning
 
 
 class DataError(ValueError):
@@ -61,22 +62,37 @@ def get_dataset(mixture_or_task_name: str,
                 shuffle: bool = True,
                 seed: Optional[int] = 0,
                 use_cached: bool = False,
-                num_epochs: Optional[int] = None) -> tf.data.Dataset:
-  """Batched model features; this host's share of the global batch."""
+                num_epochs: Optional[int] = None,
+                layout: Optional[partitioning.DataLayout] = None) -> tf.data.Dataset:
+  """Batched model features: this process's rows of each global batch.
+
+  `layout` (partitioning.data_layout of the mesh; default: one shard) says
+  which data shards this process reads: shard i is seqio's ShardInfo(i, n),
+  batched by batch_size / n, and the process's shards are concatenated in mesh
+  order, so a global batch is the same whichever processes read it.
+  """
   get_task(mixture_or_task_name)
-  if batch_size % jax.process_count():
-    raise DataError(f"BATCH_SIZE {batch_size} is not divisible by {jax.process_count()} hosts")
-  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-  try:
-    ds = seqio.get_dataset(
-        mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
-        feature_converter=feature_converter(), shard_info=shard, use_cached=use_cached,
-        seed=seed)
-  except (ValueError, KeyError, tf.errors.OpError, FileNotFoundError) as e:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(f"cannot read split {split!r} of {mixture_or_task_name!r}: {msg}") from None
-  return ds.batch(batch_size // jax.process_count(), drop_remainder=True)
+  layout = layout or partitioning.DataLayout(num_shards=1, shards=(0,), num_groups=1, group=0)
+  if batch_size <= 0 or batch_size % layout.num_shards:
+    raise DataError(f"BATCH_SIZE {batch_size} must be a positive multiple of the "
+                    f"{layout.num_shards} data-parallel shards (devices / NUM_PARTITIONS)")
+  parts = []
+  for shard in layout.shards:
+    try:
+      ds = seqio.get_dataset(
+          mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+          dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
+          feature_converter=feature_converter(),
+          shard_info=seqio.ShardInfo(index=shard, num_shards=layout.num_shards),
+          use_cached=use_cached, seed=seed)
+    except (ValueError, KeyError, tf.errors.OpError, FileNotFoundError) as e:
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f"cannot read split {split!r} of {mixture_or_task_name!r}: {msg}") from None
+    parts.append(ds.batch(layout.per_shard(batch_size), drop_remainder=True))
+  if len(parts) == 1:
+    return parts[0]
+  return tf.data.Dataset.zip(tuple(parts)).map(
+      lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]})
 
 
 def first_batch(ds: tf.data.Dataset, what: str):

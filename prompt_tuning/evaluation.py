@@ -41,15 +41,58 @@ from prompt_tuning import smop
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 
 
-def batches(ds, batch_size):
-  """Yields (indices [n], features padded to batch_size) from an enumerated dataset."""
-  for index, features in ds.batch(batch_size).as_numpy_iterator():
+def batches(ds, batch_size, mesh=None):
+  """Yields (index, features) for every global batch of an enumerated dataset.
+
+  Multi-process: the examples are split between the process groups of the
+  mesh's data layout (processes that hold the same data shards form a group),
+  each group reads only its part, and every process runs the same number of
+  batches (the collective computations must line up), padded where its part
+  runs out. `index` holds this process's rows' positions in `ds`, -1 for
+  padding; `features` this process's rows of the global batch, for
+  partitioning.shard_batch. One process: plain batches, the last one padded.
+  """
+  layout = partitioning.data_layout(mesh) if mesh is not None else None
+  groups, group = (layout.num_groups, layout.group) if layout else (1, 0)
+  local = layout.local_batch(batch_size) if layout else batch_size
+  if groups > 1:
+    count = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+    steps = -(-(-(-count // groups)) // local)  # ceil(ceil(count / groups) / local)
+    ds = ds.shard(groups, group)
+  else:
+    steps = None
+  iterator = ds.batch(local).as_numpy_iterator()
+  done = 0
+  while steps is None or done < steps:
+    item = next(iterator, None)
+    if item is None:
+      if steps is None:
+        return
+      index, feats = np.zeros((0,), np.int64), None
+    else:
+      index, features = item
+      feats = {k: features[k] for k in MODEL_FEATURES}
+    if feats is None:  # this group's part ran out before the others'
+      feats = {k: np.zeros((0,) + shape, dtype) for k, (shape, dtype) in _feature_specs(ds).items()}
     n = len(index)
-    feats = {k: features[k] for k in MODEL_FEATURES}
-    if n < batch_size:
-      feats = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+    if n < local:
+      index = np.concatenate([index, np.full(local - n, -1, index.dtype)])
+      feats = {k: np.concatenate([v, np.zeros((local - n,) + v.shape[1:], v.dtype)])
                for k, v in feats.items()}
+    done += 1
     yield index, feats
+
+
+def _feature_specs(ds):
+  spec = ds.element_spec[1]
+  return {k: (tuple(spec[k].shape[1:]), spec[k].dtype.as_numpy_dtype) for k in MODEL_FEATURES}
+
+
+def global_index(mesh, index):
+  """Every process's `index` rows (from `batches`), in global batch order."""
+  if jax.process_count() == 1:
+    return index
+  return partitioning.gather(partitioning.shard_batch(mesh, index))
 
 
 def label_token_ids(vocabulary, labels):
@@ -115,9 +158,10 @@ class ModelFns:
 
   def _run(self, fn, ds):
     out = []
-    for index, feats in batches(ds, self.batch_size):
-      result = np.asarray(jax.device_get(fn(self.params, partitioning.shard_batch(self.mesh, feats))))
-      out.extend(zip(index.tolist(), result[:len(index)]))
+    for index, feats in batches(ds, self.batch_size, self.mesh):
+      result = partitioning.gather(fn(self.params, partitioning.shard_batch(self.mesh, feats)))
+      index = global_index(self.mesh, index)
+      out.extend((i, r) for i, r in zip(index.tolist(), result) if i >= 0)
     return out
 
   def _labels(self, task_name):
@@ -139,7 +183,7 @@ class ModelFns:
     rank = _jitted((id(self.model), "rank", ids.tobytes(), ids.shape),
                    lambda: make_rank_fn(self.model, ids))
     scored = self._run(rank, ds)
-    if self._log_dir:
+    if self._log_dir and jax.process_index() == 0:
       file_utils.write_text_atomic(
           os.path.join(self._log_dir, f"{task_name}-{self._step:06}-label_scores.jsonl"),
           "".join(json.dumps({"index": i, "label_scores": dict(zip(label_strings, map(float, s))),
@@ -156,11 +200,14 @@ def make_evaluator(model, mixture_or_task_name, task_feature_lengths, split, log
   """A seqio.Evaluator (None, with a warning, if no task of it has metrics)."""
   del model, batch_size, mesh
   data.get_task(mixture_or_task_name)
-  file_utils.makedirs(log_dir)
+  # Every process computes the metrics (from the gathered outputs); process 0 writes them.
+  writes = jax.process_index() == 0
+  if writes:
+    file_utils.makedirs(log_dir)
   evaluator = seqio.Evaluator(
       mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=split,
       use_cached=use_cached, sequence_length=dict(task_feature_lengths),
-      logger_cls=[seqio.JSONLogger, seqio.TensorBoardLogger], log_dir=log_dir,
+      logger_cls=[seqio.JSONLogger, seqio.TensorBoardLogger] if writes else (), log_dir=log_dir,
       async_compute_metrics=False)
   if not evaluator.eval_tasks:
     logging.warning("%s has no task with metrics on split %r: evaluation is skipped",
@@ -198,8 +245,8 @@ def routing_metrics(evaluator, model, params, batch_size, mesh) -> dict:
   if not smop.is_smop(model):
     return {}
   return {task.name: smop.routing_metrics(smop.routing_fractions(model, params, (
-      (index, partitioning.shard_batch(mesh, feats)) for index, feats in
-      batches(evaluator.cached_model_datasets[task.name], batch_size))))
+      (global_index(mesh, index), partitioning.shard_batch(mesh, feats)) for index, feats in
+      batches(evaluator.cached_model_datasets[task.name], batch_size, mesh))))
           for task in evaluator.eval_tasks}
 
 
@@ -267,7 +314,7 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
     result.setdefault(task, {}).update(values)
   if writer is not None:
     writer.scalars(step, {f"eval/{t}/{k}": v for t, m in result.items() for k, v in m.items()})
-  for task, m in sorted(result.items()):
+  for task, m in sorted(result.items()) if jax.process_index() == 0 else ():
     print(f"eval step {step} {task} ({decoding}, {time.time() - start:.1f}s): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
           flush=True)
   return result
@@ -352,9 +399,10 @@ def evaluate(*,
       nn.unbox(model_params.abstract_params(model, batch)), trainable_params)[0]
   trainable, step, source = load_trainable(abstract_trainable, prompt_file, model_dir)
   frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
-  trainable = jax.device_put(trainable, partitioning.replicated(mesh))
+  trainable = partitioning.replicate(mesh, trainable)
   evaluator = make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
-                                        batch_size, use_cached_tasks, mesh)
-  print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
+                             batch_size, use_cached_tasks, mesh)
+  if jax.process_index() == 0:
+    print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
   return run(evaluator, model, param_utils.merge(trainable, frozen), step, None,
              batch_size, mesh, decoding=decoding)

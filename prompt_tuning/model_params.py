@@ -47,7 +47,7 @@ def init_trainable(model, rng, batch, patterns, mesh=None):
 
   out = jax.jit(trainable_only)(rng)
   if mesh is not None:
-    out = jax.device_put(out, partitioning.replicated(mesh))
+    out = partitioning.replicate(mesh, out)
   return out
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from prompt_tuning import initializers
 from prompt_tuning import layers
+from prompt_tuning import partitioning
 from prompt_tuning import prompts
 from prompt_tuning import t5
 
@@ -111,16 +112,15 @@ def routing_fractions(model, params, batches: Iterable) -> np.ndarray:
   """Fraction of the examples routed to each prompt [k] in evaluation.
 
   `batches` yields feature dicts with `encoder_input_tokens`, or
-  `(index, features)` pairs as `evaluation.batches` does (only the first
-  len(index) rows count, the rest being padding).
+  `(index, features)` pairs with the global batch's example indices, -1 for
+  padding rows (evaluation.batches and global_index), which do not count.
   """
   counts = np.zeros(model.module.prompt.num_prompts, np.int64)
   for batch in batches:
     index, feats = batch if isinstance(batch, tuple) else (None, batch)
-    chosen = np.asarray(jax.device_get(
-        routing_index(model.module, params, feats["encoder_input_tokens"])))
+    chosen = partitioning.gather(routing_index(model.module, params, feats["encoder_input_tokens"]))
     if index is not None:
-      chosen = chosen[:len(index)]
+      chosen = chosen[np.asarray(index) >= 0]
     counts += np.bincount(chosen, minlength=counts.size)
   return counts / max(counts.sum(), 1)
 

@@ -8,6 +8,12 @@ never written. Every input is validated before MODEL_DIR is touched.
 Resume: the step, optimizer state and RNG seed live in the numpy checkpoint;
 the data position is the step (the seqio dataset is deterministic for a seed
 and is skipped forward by `step` batches), so a rerun continues exactly.
+
+Multi-host (T5X's discipline): every process runs this same function; the
+seed and the resume step are checked equal on all processes; each reads only
+its data shards (partitioning.DataLayout); process 0 alone writes files
+(config.gin, run.json, checkpoints, TensorBoard, eval results) and prints,
+with a barrier after each checkpoint so no process runs ahead of a write.
 """
 import os
 import time
@@ -18,6 +24,7 @@ import flax.serialization
 import gin
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -29,6 +36,7 @@ from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+from prompt_tuning import run_record
 from prompt_tuning import summaries
 
 DEFAULT_TRAINABLE = evaluation.DEFAULT_TRAINABLE
@@ -60,6 +68,18 @@ def make_train_step(model, optimizer):
     return trainable, opt_state, metrics
 
   return train_step
+
+
+def _agreed(value: int, what: str) -> int:
+  """`value`, checked equal on every process (all raise together if not)."""
+  if jax.process_count() == 1:
+    return value
+  values = np.asarray(multihost_utils.process_allgather(np.int64(value))).reshape(-1)
+  if np.any(values != values[0]):
+    raise TrainError(f"{what} differs between processes ({values.tolist()}): every process "
+                     "must get the same configuration and see the same MODEL_DIR (use storage "
+                     "all hosts share, e.g. gs://)")
+  return value
 
 
 def _format_eta(seconds):
@@ -101,10 +121,13 @@ def train(*,
     raise TrainError(f"TRAIN_STEPS must be >= 0, got {train_steps}")
   data.configure_sources(vocabulary, superglue_data_dir)
   data.import_task_modules(mixture_or_task_module)
+  random_seed = _agreed(random_seed, "RANDOM_SEED")
   mesh = mesh_fn()
+  layout = partitioning.data_layout(mesh)
   lengths = dict(task_feature_lengths)
   train_ds = data.get_dataset(mixture_or_task_name, lengths, "train", batch_size,
-                              shuffle=shuffle, seed=random_seed, use_cached=use_cached_tasks)
+                              shuffle=shuffle, seed=random_seed, use_cached=use_cached_tasks,
+                              layout=layout)
   example = data.first_batch(train_ds, f"the train split of {mixture_or_task_name!r}")
   shapes_batch = {k: jnp.asarray(v[:1]) for k, v in example.items()}
 
@@ -125,12 +148,11 @@ def train(*,
   optimizer = optimizer_fn()
   opt_state = optimizer.init(trainable)
 
-  start_step = numpy_checkpoints.latest_step(model_dir) or 0
+  start_step = _agreed(numpy_checkpoints.latest_step(model_dir) or 0, "the latest checkpoint step")
   if start_step:
     directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
-    trainable = jax.device_put(
-        numpy_checkpoints.load_params(directory, param_utils.flatten(trainable)),
-        partitioning.replicated(mesh))
+    trainable = partitioning.replicate(
+        mesh, numpy_checkpoints.load_params(directory, param_utils.flatten(trainable)))
     state = numpy_checkpoints.load_state(directory)
     if state is None:
       raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
@@ -139,22 +161,36 @@ def train(*,
     if int(state["random_seed"]) != random_seed:
       logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
                       int(state["random_seed"]))
+    if int(state.get("data_shards", 1)) != layout.num_shards:
+      logging.warning("resuming with %d data-parallel shards, the checkpoint was made with %d: "
+                      "the rest of the data stream differs from an uninterrupted run",
+                      layout.num_shards, int(state.get("data_shards", 1)))
     logging.info("Resuming from %s (step %d)", directory, start_step)
   # Placed as the step's outputs will be, so the step compiles once, not twice.
-  opt_state = jax.device_put(opt_state, partitioning.replicated(mesh))
+  opt_state = partitioning.replicate(mesh, opt_state)
 
-  # Inputs are valid: from here on MODEL_DIR is written (atomically).
-  file_utils.makedirs(model_dir)
-  gin_utils.write_operative_config(model_dir)
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+  # Inputs are valid: from here on MODEL_DIR is written (atomically), by process 0.
+  chief = jax.process_index() == 0
+  if chief:
+    file_utils.makedirs(model_dir)
+    gin_utils.write_operative_config(model_dir)
+    run_record.write(model_dir, run_record.build(
+        mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
+        batch_size=batch_size, random_seed=random_seed, data_shards=layout.num_shards))
+  writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
 
   def save(step):
+    # Replicated values: every process holds them, so every process can take part.
     state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
              "step": step, "random_seed": random_seed,
-             "examples_seen": step * batch_size}
-    numpy_checkpoints.save(model_dir, step, jax.device_get(trainable), state)
-    numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
-    logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
+             "examples_seen": step * batch_size, "data_shards": layout.num_shards}
+    params = jax.device_get(trainable)
+    if chief:
+      numpy_checkpoints.save(model_dir, step, params, state)
+      numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
+      logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_{step}")
 
   if start_step == 0:
     save(0)  # the initial prompt
@@ -191,13 +227,14 @@ def train(*,
       host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "params_finite"}
       host.update(learning_rate=lr, steps_per_second=steps_per_s,
                   examples_per_second=steps_per_s * batch_size)
-      writer.scalars(done, host)
       routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
                          if k.startswith("routing/"))
-      print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} steps/s {steps_per_s:.2f} "
-            f"examples/s {steps_per_s * batch_size:.1f} "
-            f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
-            + (f" routing {routing}" if routing else ""), flush=True)
+      if chief:
+        writer.scalars(done, host)
+        print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} steps/s {steps_per_s:.2f} "
+              f"examples/s {steps_per_s * batch_size:.1f} "
+              f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
+              + (f" routing {routing}" if routing else ""), flush=True)
       tick, tick_step = now, done
     if done % checkpoint_period == 0 or done == train_steps:
       save(done)
@@ -206,6 +243,7 @@ def train(*,
                      eval_batch_size or batch_size, mesh, decoding=eval_decoding)
     if stop_after_step is not None and done >= stop_after_step:
       break
-  writer.close()
+  if writer is not None:
+    writer.close()
   logging.info("Training finished in %.1fs", time.time() - t0)
   return jax.device_get(trainable)

@@ -1,6 +1,9 @@
 """pt-train over a ('data', 'model') mesh of 8 host devices (4 x 2): the
 frozen model is split over 'model' by its logical axes, batches over 'data',
-and the prompt ends where a single-device run ends."""
+and the prompt ends where a run with the same 4 data shards and an unsplit
+model (4 x 1) ends. (The input depends on the number of data shards, as in T5X:
+see partitioning.DataLayout; tests/test_multihost.py checks the same mesh
+spread over 1 or 2 processes.)"""
 import os
 
 import numpy as np
@@ -8,14 +11,14 @@ import numpy as np
 import helpers  # pylint: disable=g-bad-import-order
 
 
-def test_sharded_run_matches_single_device(tmp_path):
+def test_model_split_run_matches_unsplit_run(tmp_path):
   ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
   args = (["--gin_file=" + f for f in helpers.TINY_FILES] + ["--gin_file=runs/prompt_finetune.gin"]
           + helpers.as_flags(helpers.TINY_BINDINGS + [
               f"INITIAL_CHECKPOINT_PATH = '{ckpt}'", "TRAIN_STEPS = 3", "EVAL_PERIOD = None",
               "DROPOUT_RATE = 0.0"]))
   prompts = {}
-  for name, devices, partitions in (("single", 1, 1), ("mesh", 8, 2)):
+  for name, devices, partitions in (("unsplit", 4, 1), ("mesh", 8, 2)):
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     try:
       result = helpers.run_cli("pt-train", args + [f"--gin.MODEL_DIR='{tmp_path / name}'",
@@ -24,5 +27,5 @@ def test_sharded_run_matches_single_device(tmp_path):
       del os.environ["XLA_FLAGS"]
     assert result.returncode == 0, result.stderr[-3000:]
     prompts[name] = np.load(tmp_path / name / "numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.npy")
-  np.testing.assert_allclose(prompts["mesh"], prompts["single"], atol=1e-3)
-  assert np.abs(prompts["single"]).max() > 0
+  np.testing.assert_allclose(prompts["mesh"], prompts["unsplit"], atol=1e-3)
+  assert np.abs(prompts["unsplit"]).max() > 0

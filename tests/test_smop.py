@@ -185,8 +185,10 @@ def test_routing_fractions_skip_padding_rows(plain):
   _, params = smop_params(model, plain[2])
   batch = tokens_batch(batch_size=8)
   index = np.asarray(smop.routing_index(model.module, params, batch["encoder_input_tokens"]))
-  # Two batches: all 8 rows, then a padded one whose first 3 rows are real.
-  got = smop.routing_fractions(model, params, [batch, (np.arange(3), batch)])
+  # Two batches: all 8 rows, then a padded one whose first 3 rows are real
+  # (index -1 marks padding, as evaluation.batches yields it).
+  padded_index = np.array([0, 1, 2, -1, -1, -1, -1, -1])
+  got = smop.routing_fractions(model, params, [batch, (padded_index, batch)])
   want = np.bincount(np.concatenate([index, index[:3]]), minlength=4) / 11
   np.testing.assert_allclose(got, want)
   assert smop.routing_metrics(got)["routing/prompt_0"] == pytest.approx(want[0])

@@ -1,0 +1,94 @@
+"""`run.json`: a machine-readable record of a run, written at its start beside
+`config.gin` (config.gin is for gin; this is for tools such as `pt-sweep
+report`).
+
+    {"version": 1, "macros": {every gin macro: its value}, "gin_files": [...],
+     "gin_bindings": [...], "random_seed": 0, "package_version": "0.1.0",
+     "jax_version": ..., "platform": "cpu", "device_kind": "cpu",
+     "device_count": 8, "process_count": 2, "mixture_or_task_name": ...,
+     "train_steps": 300, "batch_size": 32, "data_shards": 8,
+     "start_time": "2026-11-24T10:00:00+00:00"}
+
+Macro values are JSON where they can be (numbers, strings, booleans, null,
+lists, dicts) and gin's own text otherwise (`@models.EncoderDecoderModel()`).
+A resumed run rewrites the record; `start_time` is then the resume's.
+"""
+import datetime
+import importlib.metadata
+import json
+import os
+
+from absl import flags
+import gin
+import gin.config
+import jax
+
+from prompt_tuning import file_utils
+from prompt_tuning import gin_utils
+
+FILENAME = "run.json"
+VERSION = 1
+
+
+def _jsonable(value):
+  try:
+    json.dumps(value)
+    return value
+  except (TypeError, ValueError):
+    return gin.config._format_value(value)  # pylint: disable=protected-access
+
+
+def macro_values() -> dict:
+  """{MACRO: value} for every macro of the parsed gin config."""
+  return {name: _jsonable(gin.query_parameter(f"%{name}"))
+          for name in sorted(gin_utils.defined_macros())}
+
+
+def _command_line():
+  """The gin files and bindings of the command line (empty when not run from one)."""
+  if not flags.FLAGS.is_parsed() or "gin_file" not in flags.FLAGS:
+    return [], []
+  return list(flags.FLAGS.gin_file), list(flags.FLAGS.gin_bindings)
+
+
+def _package_version():
+  try:
+    return importlib.metadata.version("prompt-tuning-jax")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_shards) -> dict:
+  gin_files, gin_bindings = _command_line()
+  devices = jax.devices()
+  return {
+      "version": VERSION,
+      "macros": macro_values(),
+      "gin_files": gin_files,
+      "gin_bindings": gin_bindings,
+      "random_seed": random_seed,
+      "package_version": _package_version(),
+      "jax_version": jax.__version__,
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "process_count": jax.process_count(),
+      "mixture_or_task_name": mixture_or_task_name,
+      "train_steps": train_steps,
+      "batch_size": batch_size,
+      "data_shards": data_shards,
+      "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def write(model_dir: str, record: dict) -> None:
+  file_utils.write_text_atomic(os.path.join(model_dir, FILENAME),
+                               json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def read(model_dir: str):
+  """The record of a run folder, or None when it has none."""
+  path = os.path.join(model_dir, FILENAME)
+  if not file_utils.exists(path):
+    return None
+  return json.loads(file_utils.read_bytes(path).decode("utf-8"))

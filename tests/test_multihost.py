@@ -1,0 +1,188 @@
+"""Multi-host pt-train and pt-eval, for real, on one machine: several CPU
+processes joined by `jax.distributed` (gloo collectives), each with its own
+host devices, against one process holding all the devices.
+
+The same mesh and global batch must give the same prompt, one set of files
+(process 0 writes), logs from process 0 only, and identical evaluation results
+with the eval data split between processes and gathered.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import helpers  # pylint: disable=g-bad-import-order
+from test_cli import assert_one_line_error  # pylint: disable=g-bad-import-order
+
+FILES = ["--gin_file=" + f for f in helpers.TINY_FILES]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(module, args, processes, devices_per_process, timeout=600):
+  """Runs `python -m module args` as `processes` jax.distributed processes;
+  returns [(returncode, stdout, stderr)] by process id."""
+  env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH",
+                                                           "SUPERGLUE_DATA_DIR")}
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+             PYTHONPATH=os.pathsep.join([str(helpers.TESTS), os.environ.get("PYTHONPATH", "")]))
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    extra = ([] if processes == 1 else
+             ["--distributed", f"--coordinator_address=localhost:{port}",
+              f"--num_processes={processes}", f"--process_id={i}"])
+    procs.append(subprocess.Popen([sys.executable, "-m", module, *args, *extra], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  out = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=timeout)
+      out.append((p.returncode, stdout, stderr))
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (code, _, stderr) in enumerate(out):
+    assert code == 0, f"process {i}:\n{stderr[-4000:]}"
+  return out
+
+
+def train_args(model_dir, ckpt, *bindings):
+  return (FILES + ["--gin_file=runs/prompt_finetune.gin"] + helpers.as_flags(
+      helpers.TINY_BINDINGS + [f"MODEL_DIR = '{model_dir}'", f"INITIAL_CHECKPOINT_PATH = '{ckpt}'",
+                               "DROPOUT_RATE = 0.0", *bindings]))
+
+
+def eval_args(ckpt, prompt, out_dir):
+  return (FILES + ["--gin_file=runs/prompt_eval.gin"] + helpers.as_flags(
+      helpers.TINY_BINDINGS + [f"CHECKPOINT_PATH = '{ckpt}'", f"PROMPT_FILE = '{prompt}'",
+                               f"EVAL_OUTPUT_DIR = '{out_dir}'", "BATCH_SIZE = 24"]))
+
+
+def files_of(directory):
+  """Relative file names; TensorBoard event files named without their time and pid."""
+  return sorted(re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*",
+                       str(p.relative_to(directory)))
+                for p in directory.rglob("*") if p.is_file())
+
+
+def jsonl(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The same 4-step run (eval at steps 2 and 4) as 1 process x 8 devices and
+  as 2 processes x 4 devices."""
+  root = tmp_path_factory.mktemp("multihost")
+  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  common = ["TRAIN_STEPS = 4", "EVAL_PERIOD = 2", "CHECKPOINT_PERIOD = 2", "LOG_PERIOD = 1",
+            "train.eval_batch_size = 24"]
+  out = {}
+  for name, processes, devices in (("one", 1, 8), ("two", 2, 4)):
+    out[name] = launch("prompt_tuning.train", train_args(root / name, ckpt, *common),
+                       processes, devices)
+  return root, ckpt, out
+
+
+def test_two_processes_train_the_same_prompt(runs):
+  root, _, _ = runs
+  for step in (2, 4):
+    name = f"numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.npy"
+    one, two = np.load(root / "one" / name), np.load(root / "two" / name)
+    # Float tolerance: gloo sums the 8 shards' gradients in another order.
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.load(root / "one" / name) - np.load(
+      root / "one/numpy_checkpoints/checkpoint_0/encoder.prompt.prompt.npy")).max() > 0
+
+
+def test_one_set_of_files_written_by_process_0(runs):
+  root, _, out = runs
+  assert files_of(root / "two") == files_of(root / "one")
+  assert len(list((root / "two" / "train").glob("events.out.tfevents.*"))) == 1
+  record = json.loads((root / "two" / "run.json").read_text())
+  assert (record["process_count"], record["device_count"], record["data_shards"]) == (2, 8, 8)
+  assert json.loads((root / "one" / "run.json").read_text())["process_count"] == 1
+  # Logs from process 0 only.
+  steps_printed = [sum(line.startswith("step ") for line in stdout.splitlines())
+                   for _, stdout, _ in out["two"]]
+  assert steps_printed == [4, 0]
+  evals_printed = [sum(line.startswith("eval step") for line in stdout.splitlines())
+                   for _, stdout, _ in out["two"]]
+  assert evals_printed[0] > 0 and evals_printed[1] == 0
+
+
+def test_eval_during_training_is_gathered_and_identical(runs):
+  root, _, _ = runs
+  one = jsonl(root / "one/inference_eval/demo_last_word-metrics.jsonl")
+  two = jsonl(root / "two/inference_eval/demo_last_word-metrics.jsonl")
+  assert [m["step"] for m in two] == [2, 4]  # once per evaluation, not once per process
+  assert two == one
+  # Every validation example predicted exactly once, in order.
+  inferences = jsonl(root / "two/inference_eval/demo_last_word-000004.jsonl")
+  assert len(inferences) == 256
+  assert inferences == jsonl(root / "one/inference_eval/demo_last_word-000004.jsonl")
+
+
+def test_pt_eval_split_across_processes_matches_one_process(runs):
+  root, ckpt, _ = runs
+  prompt = root / "one/numpy_checkpoints/checkpoint_4/encoder.prompt.prompt.npy"
+  outs = {}
+  for name, processes, devices in (("eval_one", 1, 8), ("eval_two", 2, 4)):
+    outs[name] = launch("prompt_tuning.eval", eval_args(ckpt, prompt, root / name),
+                        processes, devices)
+  assert files_of(root / "eval_two") == files_of(root / "eval_one")
+  for f in ("demo_last_word-metrics.jsonl", "demo_last_word-000004.jsonl"):
+    assert jsonl(root / "eval_two" / f) == jsonl(root / "eval_one" / f)
+  assert "eval step" not in outs["eval_two"][1][1]
+
+
+def test_model_split_across_hosts_reads_the_same_data(tmp_path):
+  """NUM_PARTITIONS spanning both processes: one data shard, read by both."""
+  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  for name, processes, devices in (("one", 1, 2), ("two", 2, 1)):
+    launch("prompt_tuning.train", train_args(tmp_path / name, ckpt, "TRAIN_STEPS = 2",
+                                             "EVAL_PERIOD = None", "NUM_PARTITIONS = 2"),
+           processes, devices)
+  name = "numpy_checkpoints/checkpoint_2/encoder.prompt.prompt.npy"
+  np.testing.assert_allclose(np.load(tmp_path / "two" / name), np.load(tmp_path / "one" / name),
+                             rtol=1e-5, atol=1e-5)
+  assert json.loads((tmp_path / "two" / "run.json").read_text())["data_shards"] == 1
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--coordinator_address=localhost:1234"], "need --distributed"),
+    (["--distributed", "--coordinator_address=localhost:1234", "--num_processes=2"],
+     "go together"),
+    (["--distributed", "--coordinator_address=localhost:1234", "--num_processes=2",
+      "--process_id=2"], "--process_id must be in 0..1"),
+])
+def test_bad_distributed_flags_are_one_line_errors(tmp_path, flags, needle):
+  model_dir = tmp_path / "run"
+  result = helpers.run_cli("pt-train", train_args(model_dir, tmp_path / "none", "TRAIN_STEPS = 1")
+                           + flags)
+  assert_one_line_error(result, "pt-train", needle)
+  assert not model_dir.exists()
+
+
+def test_batch_not_divisible_by_data_shards_is_refused(tmp_path):
+  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  model_dir = tmp_path / "run"
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  try:
+    result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",
+                                                    "BATCH_SIZE = 12"))
+  finally:
+    del os.environ["XLA_FLAGS"]
+  assert_one_line_error(result, "pt-train", "BATCH_SIZE 12", "8 data-parallel shards")
+  assert not model_dir.exists()
