@@ -24,9 +24,9 @@ FLAGS = flags.FLAGS
 
 def user_errors():
   """Exception types that mean bad input (printed as one line, no traceback)."""
-  from prompt_tuning import checkpoints, data, gin_utils, initializers, trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import checkpoints, data, gin_utils, initializers, run_lock, trainer  # pylint: disable=g-import-not-at-top
   return (checkpoints.CheckpointError, data.DataError, gin_utils.ConfigError,
-          initializers.PromptInitError, trainer.TrainError)
+          initializers.PromptInitError, trainer.TrainError, run_lock.LockError)
 
 
 def setup():
@@ -88,9 +88,14 @@ def required_binding_message(e):
   return None
 
 
+# A run stopped by SIGTERM after checkpointing exits as a SIGTERM'd process would.
+PREEMPTED_EXIT = 128 + 15
+
+
 def run(main_fn, prog):
   """Runs `main_fn()` under absl, mapping bad input to `prog: error: ...`."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import preemption  # pylint: disable=g-import-not-at-top
 
   def main(argv):
     if len(argv) > 1:
@@ -101,6 +106,9 @@ def run(main_fn, prog):
       tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to JAX
       setup()
       main_fn()
+    except preemption.Preempted as e:
+      sys.stderr.write(f"{prog}: {e}\n")
+      sys.exit(PREEMPTED_EXIT)
     except user_errors() as e:
       logging.debug("error", exc_info=True)
       sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")

@@ -11,7 +11,11 @@ report`).
 
 Macro values are JSON where they can be (numbers, strings, booleans, null,
 lists, dicts) and gin's own text otherwise (`@models.EncoderDecoderModel()`).
-A resumed run rewrites the record; `start_time` is then the resume's.
+`bindings` holds every binding of the operative config as gin text
+(`{"PROMPT_LENGTH": "6", "optimizers.adafactor.learning_rate": "0.3",
+"trainer.train.batch_size": "%BATCH_SIZE", ...}`):
+what a resume is compared against (`changes`). A resume keeps the first
+record and appends `{"step", "time", "changed"}` to its `resumes`.
 """
 import datetime
 import importlib.metadata
@@ -44,6 +48,58 @@ def macro_values() -> dict:
           for name in sorted(gin_utils.defined_macros())}
 
 
+def bindings() -> dict:
+  """{'MACRO' or 'selector.param': gin text} for every binding of the parsed config."""
+  out = {}
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for param, value in params.items():
+      if selector == "gin.macro":
+        key = scope
+      else:
+        key = f"{selector.removeprefix('prompt_tuning.')}.{param}"
+        key = f"{scope}/{key}" if scope else key
+      out[key] = gin.config._format_value(value)  # pylint: disable=protected-access
+  return dict(sorted(out.items()))
+
+
+# Settings a run may change when resumed: they do not change what it trains.
+# (TRAIN_STEPS may change too, but not below the steps already done.)
+RESUMABLE = frozenset([
+    "TRAIN_STEPS", "EVAL_PERIOD", "LOG_PERIOD", "CHECKPOINT_PERIOD", "KEEP_CHECKPOINTS",
+    "EVAL_DECODING", "USE_CACHED_TASKS", "MIXTURE_OR_TASK_MODULE", "SUPERGLUE_DATA_DIR",
+    "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions"] + [
+        f"trainer.train.{param}" for param in (
+            "train_steps", "eval_period", "log_period", "checkpoint_period", "keep_checkpoints",
+            "eval_decoding", "eval_split", "eval_batch_size", "use_cached_tasks",
+            "mixture_or_task_module", "superglue_data_dir", "model_dir", "stop_after_step")])
+
+
+def changes(previous: dict, current: dict) -> tuple:
+  """(meaningful, harmless): {name: (old, new)} between two records' bindings.
+
+  A binding present in one only counts as changed from/to `None`.
+  """
+  old, new = previous.get("bindings", {}), current.get("bindings", {})
+  diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)}
+  meaningful = {k: v for k, v in diff.items() if k not in RESUMABLE}
+  harmless = {k: v for k, v in diff.items() if k in RESUMABLE}
+  return meaningful, harmless
+
+
+def resumed(previous: dict, current: dict, step: int, harmless: dict) -> dict:
+  """The record of a resumed run: the first one, plus this resume."""
+  out = dict(previous)
+  out["resumes"] = list(previous.get("resumes", [])) + [{
+      "step": step, "time": current["start_time"],
+      "changed": {k: list(v) for k, v in harmless.items()}}]
+  for key in ("macros", "bindings", "train_steps", "gin_files", "gin_bindings",
+              "package_version", "jax_version", "platform", "device_kind", "device_count",
+              "process_count", "data_shards"):
+    out[key] = current[key]  # what the run now continues with
+  return out
+
+
 def _command_line():
   """The gin files and bindings of the command line (empty when not run from one)."""
   if not flags.FLAGS.is_parsed() or "gin_file" not in flags.FLAGS:
@@ -64,6 +120,7 @@ def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_sh
   return {
       "version": VERSION,
       "macros": macro_values(),
+      "bindings": bindings(),
       "gin_files": gin_files,
       "gin_bindings": gin_bindings,
       "random_seed": random_seed,

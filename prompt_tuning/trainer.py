@@ -36,6 +36,8 @@ from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+from prompt_tuning import preemption
+from prompt_tuning import run_lock
 from prompt_tuning import run_record
 from prompt_tuning import summaries
 
@@ -80,6 +82,50 @@ def _agreed(value: int, what: str) -> int:
                      "must get the same configuration and see the same MODEL_DIR (use storage "
                      "all hosts share, e.g. gs://)")
   return value
+
+
+def _try(fn):
+  """None if fn() succeeds, else its error message (to be agreed on by all processes)."""
+  try:
+    fn()
+    return None
+  except run_lock.LockError as e:
+    return str(e)
+
+
+def _agreed_ok(error: Optional[str]) -> None:
+  """Raises on every process when process 0 reported an error."""
+  if jax.process_count() > 1:
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      raise TrainError("process 0 could not take MODEL_DIR's lock (its error says why)")
+  if error is not None:
+    raise run_lock.LockError(error)
+
+
+def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dict) -> dict:
+  """The record to write when resuming, or TrainError if the new configuration
+  changes what the checkpoints mean. Nothing is written here."""
+  if train_steps < start_step:
+    raise TrainError(
+        f"MODEL_DIR {model_dir} is already at step {start_step}, past TRAIN_STEPS="
+        f"{train_steps}: nothing to train (raise TRAIN_STEPS to go on, or use another MODEL_DIR)")
+  previous = run_record.read(model_dir)
+  if previous is None or "bindings" not in previous:
+    logging.warning("%s has no %s with bindings (made by an older version): the configuration "
+                    "cannot be compared with the checkpoints'", model_dir, run_record.FILENAME)
+    return record
+  meaningful, harmless = run_record.changes(previous, record)
+  if meaningful:
+    shown = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in list(meaningful.items())[:6])
+    more = f" and {len(meaningful) - 6} more" if len(meaningful) > 6 else ""
+    raise TrainError(
+        f"MODEL_DIR {model_dir} holds a run made with another configuration: {shown}{more}. "
+        f"Resume with the recorded values ({os.path.join(model_dir, run_record.FILENAME)}), or "
+        "start fresh with another MODEL_DIR")
+  if harmless:
+    logging.info("resuming with changed settings: %s", harmless)
+  return run_record.resumed(previous, record, start_step, harmless)
 
 
 def _format_eta(seconds):
@@ -169,81 +215,114 @@ def train(*,
   # Placed as the step's outputs will be, so the step compiles once, not twice.
   opt_state = partitioning.replicate(mesh, opt_state)
 
-  # Inputs are valid: from here on MODEL_DIR is written (atomically), by process 0.
+  record = run_record.build(
+      mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
+      batch_size=batch_size, random_seed=random_seed, data_shards=layout.num_shards)
+  if start_step:
+    record = _check_resume(model_dir, start_step, train_steps, record)
+    if start_step == train_steps:
+      if jax.process_index() == 0:
+        print(f"MODEL_DIR {model_dir} already holds this run finished (step {start_step} of "
+              f"{train_steps}): nothing to do (raise TRAIN_STEPS to train on)", flush=True)
+      return jax.device_get(trainable)
+
+  # Inputs are valid: from here on MODEL_DIR is written (atomically), by process 0,
+  # which owns it for the run (run_lock).
   chief = jax.process_index() == 0
-  if chief:
-    file_utils.makedirs(model_dir)
-    gin_utils.write_operative_config(model_dir)
-    run_record.write(model_dir, run_record.build(
-        mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
-        batch_size=batch_size, random_seed=random_seed, data_shards=layout.num_shards))
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
-
-  def save(step):
-    # Replicated values: every process holds them, so every process can take part.
-    state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
-             "step": step, "random_seed": random_seed,
-             "examples_seen": step * batch_size, "data_shards": layout.num_shards}
-    params = jax.device_get(trainable)
+  lock = None
+  try:
     if chief:
-      numpy_checkpoints.save(model_dir, step, params, state)
-      numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
-      logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"checkpoint_{step}")
+      file_utils.makedirs(model_dir)
+      lock = run_lock.RunLock(model_dir)
+    _agreed_ok(_try(lock.acquire) if chief else None)
+    if chief:
+      gin_utils.write_operative_config(model_dir)
+      run_record.write(model_dir, record)
+    writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
 
-  if start_step == 0:
-    save(0)  # the initial prompt
-  evaluator = None
-  if eval_period and train_steps > start_step:
-    evaluator = evaluation.make_evaluator(
-        model, mixture_or_task_name, lengths, eval_split, os.path.join(model_dir, "inference_eval"),
-        eval_batch_size or batch_size, use_cached_tasks, mesh)
-
-  step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
-  iterator = train_ds.skip(start_step).as_numpy_iterator()
-  lr = summaries.learning_rate()
-  tick, tick_step, t0 = time.time(), start_step, time.time()
-  metrics = None
-  for step in range(start_step, train_steps):
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      raise TrainError(f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
-    trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
-                                            partitioning.shard_batch(mesh, batch),
-                                            jnp.int32(step), step_rng)
-    done = step + 1
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss) or not bool(metrics["params_finite"]):
-      what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
-      raise TrainError(
-          f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
-          f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
-          f"{numpy_checkpoints.latest_step(model_dir)} are intact")
-    if done % log_period == 0 or done == train_steps:
-      now = time.time()
-      steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
-      host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "params_finite"}
-      host.update(learning_rate=lr, steps_per_second=steps_per_s,
-                  examples_per_second=steps_per_s * batch_size)
-      routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
-                         if k.startswith("routing/"))
+    def save(step):
+      if lock is not None and lock.lost:
+        raise TrainError(f"{lock.path} was taken over by another run: stopped at step {step} "
+                         "without writing")
+      # Replicated values: every process holds them, so every process can take part.
+      state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
+               "step": step, "random_seed": random_seed,
+               "examples_seen": step * batch_size, "data_shards": layout.num_shards}
+      params = jax.device_get(trainable)
       if chief:
-        writer.scalars(done, host)
-        print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} steps/s {steps_per_s:.2f} "
-              f"examples/s {steps_per_s * batch_size:.1f} "
-              f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
-              + (f" routing {routing}" if routing else ""), flush=True)
-      tick, tick_step = now, done
-    if done % checkpoint_period == 0 or done == train_steps:
-      save(done)
-    if evaluator is not None and (done % eval_period == 0 or done == train_steps):
-      evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
-                     eval_batch_size or batch_size, mesh, decoding=eval_decoding)
-    if stop_after_step is not None and done >= stop_after_step:
-      break
-  if writer is not None:
-    writer.close()
-  logging.info("Training finished in %.1fs", time.time() - t0)
+        numpy_checkpoints.save(model_dir, step, params, state)
+        numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
+        logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"checkpoint_{step}")
+
+    if start_step == 0:
+      save(0)  # the initial prompt
+    evaluator = None
+    if eval_period and train_steps > start_step:
+      evaluator = evaluation.make_evaluator(
+          model, mixture_or_task_name, lengths, eval_split,
+          os.path.join(model_dir, "inference_eval"), eval_batch_size or batch_size,
+          use_cached_tasks, mesh)
+
+    step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
+    iterator = train_ds.skip(start_step).as_numpy_iterator()
+    lr = summaries.learning_rate()
+    tick, tick_step, t0 = time.time(), start_step, time.time()
+    metrics = None
+    with preemption.Watcher() as preempted:
+      for step in range(start_step, train_steps):
+        try:
+          batch = next(iterator)
+        except StopIteration:
+          raise TrainError(
+              f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
+        trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
+                                                partitioning.shard_batch(mesh, batch),
+                                                jnp.int32(step), step_rng)
+        done = step + 1
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss) or not bool(metrics["params_finite"]):
+          what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
+          raise TrainError(
+              f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
+              f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
+              f"{numpy_checkpoints.latest_step(model_dir)} are intact")
+        if done % log_period == 0 or done == train_steps:
+          now = time.time()
+          steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
+          host = {k: float(v) for k, v in jax.device_get(metrics).items()
+                  if k != "params_finite"}
+          host.update(learning_rate=lr, steps_per_second=steps_per_s,
+                      examples_per_second=steps_per_s * batch_size)
+          routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
+                             if k.startswith("routing/"))
+          if chief:
+            writer.scalars(done, host)
+            print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} "
+                  f"steps/s {steps_per_s:.2f} examples/s {steps_per_s * batch_size:.1f} "
+                  f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
+                  + (f" routing {routing}" if routing else ""), flush=True)
+          tick, tick_step = now, done
+        saved = done % checkpoint_period == 0 or done == train_steps
+        if saved:
+          save(done)
+        if evaluator is not None and (done % eval_period == 0 or done == train_steps):
+          evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
+                         eval_batch_size or batch_size, mesh, decoding=eval_decoding)
+        if done < train_steps and preempted(done):
+          if not saved:
+            save(done)
+          raise preemption.Preempted(
+              f"stopped by SIGTERM after step {done} of {train_steps}: "
+              f"{numpy_checkpoints.checkpoint_dir(model_dir, done)} is written; rerun the same "
+              "command to resume")
+        if stop_after_step is not None and done >= stop_after_step:
+          break
+    if writer is not None:
+      writer.close()
+    logging.info("Training finished in %.1fs", time.time() - t0)
+  finally:
+    if lock is not None:
+      lock.release()
   return jax.device_get(trainable)

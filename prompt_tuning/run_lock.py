@@ -1,0 +1,164 @@
+"""One pt-train per MODEL_DIR: a lock file that names its holder.
+
+`MODEL_DIR/pt-train.lock` holds JSON: host, pid, process start time, run id,
+start and heartbeat times, command line. It is created, refreshed and taken
+over only through tensorstore's conditional writes (compare-and-swap on the
+key's storage generation): on local disks the `file` driver's own atomic
+protocol, on gs:// GCS generation preconditions. So two runs racing for a
+folder, on one machine or on several sharing it, never both win.
+
+A lock is taken over only when its holder is gone: on the same host, when its
+process no longer exists (or the pid now belongs to a younger process); on
+another host, when its heartbeat (refreshed every `heartbeat_s` by a daemon
+thread) is older than `stale_s`. A holder that finds its lock taken over
+(`lost`) must stop writing.
+
+Written by hand because no maintained library does this across local and
+cloud storage: `filelock`/`fcntl` locks are per machine and unreliable on
+NFS, and gs:// has no file locks at all.
+"""
+import datetime
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Optional
+
+from absl import logging
+import tensorstore as ts
+
+FILENAME = "pt-train.lock"
+
+
+class LockError(RuntimeError):
+  """MODEL_DIR is held by another run; the message names it."""
+
+
+def _kvstore(directory: str):
+  if directory.startswith("gs://"):
+    bucket, _, path = directory[len("gs://"):].partition("/")
+    spec = {"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}
+  else:
+    spec = {"driver": "file", "path": os.path.abspath(directory) + "/"}
+  return ts.KvStore.open(spec).result()
+
+
+def _process_start(pid: int) -> Optional[str]:
+  """The process's start time in clock ticks since boot (Linux), to tell a
+  reused pid from the holder; None where /proc is not available."""
+  try:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+      return f.read().rsplit(b")", 1)[1].split()[19].decode()
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start: Optional[str]) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # exists, owned by someone else
+  now_start = _process_start(pid)
+  return start is None or now_start is None or now_start == start
+
+
+def _now() -> float:
+  return time.time()
+
+
+def _iso(t: float) -> str:
+  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def describe(holder: dict) -> str:
+  age = _now() - float(holder.get("heartbeat", 0))
+  return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
+          f"{_iso(float(holder.get('started', 0)))}, last heartbeat {age:.0f}s ago")
+
+
+class RunLock:
+  """Owns MODEL_DIR for a run: `acquire()` or LockError; `release()` at the end."""
+
+  def __init__(self, model_dir: str, heartbeat_s: float = 60.0, stale_s: float = 600.0):
+    self.model_dir = model_dir
+    self.path = os.path.join(model_dir, FILENAME)
+    self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+    self.lost = False
+    self._store = None
+    self._generation = None
+    self._stop = threading.Event()
+    self._thread = None
+    self._record = {"host": socket.gethostname(), "pid": os.getpid(),
+                    "process_start": _process_start(os.getpid()), "run_id": uuid.uuid4().hex,
+                    "started": _now(), "command": " ".join(sys.argv)}
+
+  def _payload(self) -> bytes:
+    return json.dumps(dict(self._record, heartbeat=_now()), sort_keys=True).encode()
+
+  def _gone(self, holder: Optional[dict]) -> bool:
+    if holder is None:  # unreadable: never written by a live holder (writes are atomic)
+      return True
+    if holder.get("host") == self._record["host"]:
+      return not _alive(int(holder.get("pid", -1)), holder.get("process_start"))
+    return _now() - float(holder.get("heartbeat", 0)) > self.stale_s
+
+  def acquire(self) -> "RunLock":
+    self._store = _kvstore(self.model_dir)
+    for _ in range(5):  # a lost race re-reads the new holder
+      current = self._store.read(FILENAME).result()
+      holder = None
+      if current.state == "value":
+        try:
+          holder = json.loads(current.value)
+        except ValueError:
+          holder = None
+        if not self._gone(holder):
+          raise LockError(
+              f"MODEL_DIR {self.model_dir} is in use by another pt-train ({describe(holder)}): "
+              f"wait for it to end or use another MODEL_DIR; if that run is gone for good, "
+              f"delete {self.path}")
+        logging.warning("taking over %s from a run that is gone (%s)", self.path,
+                        describe(holder) if holder else "unreadable lock")
+      stamp = self._store.write(FILENAME, self._payload(),
+                                if_equal=current.stamp.generation).result()
+      if stamp.generation:  # empty generation: the condition failed, someone else wrote
+        self._generation = stamp.generation
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="run-lock")
+        self._thread.start()
+        return self
+    raise LockError(f"could not take {self.path}: other runs keep writing it")
+
+  def _beat(self):
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        stamp = self._store.write(FILENAME, self._payload(), if_equal=self._generation).result()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not refresh %s: %s", self.path, e)
+        continue
+      if not stamp.generation:
+        self.lost = True
+        logging.error("%s was taken over by another run: this run stops writing", self.path)
+        return
+      self._generation = stamp.generation
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if self._generation is not None and not self.lost:
+      try:  # deletes only our own lock (conditional on its generation)
+        self._store.write(FILENAME, None, if_equal=self._generation).result()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not remove %s: %s", self.path, e)
+    self._generation = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

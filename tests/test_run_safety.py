@@ -1,0 +1,206 @@
+"""A run owns its MODEL_DIR (run_lock), resuming is a promise about the
+configuration (run_record.changes), and SIGTERM loses no step (preemption)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import helpers  # pylint: disable=g-bad-import-order
+from test_cli import assert_one_line_error, train_args  # pylint: disable=g-bad-import-order
+from prompt_tuning import run_lock
+
+PROMPT = "encoder.prompt.prompt.npy"
+
+
+# ------------------------------------------------------------------ the lock
+
+
+def _write_lock(directory, **fields):
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": None,
+            "run_id": "x", "started": time.time(), "heartbeat": time.time(), "command": "t"}
+  holder.update(fields)
+  (directory / run_lock.FILENAME).write_text(json.dumps(holder))
+
+
+def _dead_pid():
+  p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()
+  return p.pid
+
+
+def test_second_holder_is_refused_with_the_holder_named(tmp_path):
+  with run_lock.RunLock(str(tmp_path)):
+    with pytest.raises(run_lock.LockError) as e:
+      run_lock.RunLock(str(tmp_path)).acquire()
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(e.value)
+    assert "use another MODEL_DIR" in str(e.value)
+  assert not (tmp_path / run_lock.FILENAME).exists()  # released
+  with run_lock.RunLock(str(tmp_path)):
+    pass
+
+
+@pytest.mark.parametrize("fields,taken", [
+    ({"pid": None}, True),  # same host, process gone (pid filled in below)
+    ({"host": "elsewhere", "heartbeat": time.time() - 3600}, True),  # stale heartbeat
+    ({"host": "elsewhere"}, False),  # fresh heartbeat on another host
+    ({"pid": os.getpid()}, False),  # same host, alive
+])
+def test_takeover_only_when_the_holder_is_gone(tmp_path, fields, taken):
+  if fields.get("pid", 0) is None:
+    fields = dict(fields, pid=_dead_pid())
+  _write_lock(tmp_path, **fields)
+  lock = run_lock.RunLock(str(tmp_path))
+  if taken:
+    lock.acquire()
+    assert json.loads((tmp_path / run_lock.FILENAME).read_text())["run_id"] == \
+        lock._record["run_id"]  # pylint: disable=protected-access
+    lock.release()
+  else:
+    with pytest.raises(run_lock.LockError, match="in use by another pt-train"):
+      lock.acquire()
+
+
+def test_unreadable_lock_is_taken_over(tmp_path):
+  (tmp_path / run_lock.FILENAME).write_bytes(b"\x00garbage")
+  with run_lock.RunLock(str(tmp_path)):
+    pass
+
+
+def test_holder_notices_a_takeover(tmp_path):
+  lock = run_lock.RunLock(str(tmp_path), heartbeat_s=0.05).acquire()
+  _write_lock(tmp_path, host="elsewhere", run_id="thief")
+  deadline = time.time() + 10
+  while not lock.lost and time.time() < deadline:
+    time.sleep(0.05)
+  assert lock.lost
+  lock.release()
+  # Not ours any more: release must not delete the new holder's lock.
+  assert json.loads((tmp_path / run_lock.FILENAME).read_text())["run_id"] == "thief"
+
+
+# ------------------------------------------------------- resume = same config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished 2-step run on a random frozen model: (model_dir, checkpoint)."""
+  root = tmp_path_factory.mktemp("safety")
+  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  model_dir = root / "run"
+  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+                                                  "--gin.EVAL_PERIOD=None",
+                                                  "--gin.CHECKPOINT_PERIOD=1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir, ckpt
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--gin.PROMPT_LENGTH=8"], ["PROMPT_LENGTH 6 -> 8", "another MODEL_DIR"]),
+    (["--gin.BATCH_SIZE=16"], ["BATCH_SIZE 8 -> 16"]),
+    (["--gin.optimizers.adafactor.learning_rate=0.1"],
+     ["optimizers.adafactor.learning_rate 0.3 -> 0.1"]),
+    (["--gin.TRAIN_STEPS=1"], ["already at step 2, past TRAIN_STEPS=1"]),
+])
+def test_resume_with_a_meaningful_change_is_refused(finished, flags, needles):
+  model_dir, ckpt = finished
+  before = helpers.snapshot(model_dir)
+  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+                                                  "--gin.EVAL_PERIOD=None",
+                                                  "--gin.CHECKPOINT_PERIOD=1", *flags))
+  assert_one_line_error(result, "pt-train", *needles)
+  assert helpers.snapshot(model_dir) == before
+
+
+def test_rerun_of_a_finished_run_says_so_and_writes_nothing(finished):
+  model_dir, ckpt = finished
+  before = helpers.snapshot(model_dir)
+  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+                                                  "--gin.EVAL_PERIOD=None",
+                                                  "--gin.CHECKPOINT_PERIOD=1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "already holds this run finished (step 2 of 2)" in result.stdout
+  assert helpers.snapshot(model_dir) == before
+
+
+def test_harmless_changes_resume_and_are_recorded(finished, tmp_path):
+  model_dir, ckpt = finished
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  result = helpers.run_cli("pt-train", train_args(copy, ckpt, "--gin.TRAIN_STEPS=3",
+                                                  "--gin.EVAL_PERIOD=None",
+                                                  "--gin.CHECKPOINT_PERIOD=1",
+                                                  "--gin.LOG_PERIOD=1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (copy / "numpy_checkpoints" / "checkpoint_3").is_dir()
+  record = json.loads((copy / "run.json").read_text())
+  # A moved run folder (the copy) is a harmless change too.
+  assert record["resumes"] == [{"step": 2, "time": record["resumes"][0]["time"],
+                                "changed": {"LOG_PERIOD": ["100", "1"],
+                                            "MODEL_DIR": [repr(str(model_dir)), repr(str(copy))],
+                                            "TRAIN_STEPS": ["2", "3"]}}]
+  assert record["macros"]["TRAIN_STEPS"] == 3
+  first = json.loads((model_dir / "run.json").read_text())
+  assert record["start_time"] == first["start_time"]
+
+
+# ------------------------------------------- a busy MODEL_DIR, and preemption
+
+
+def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
+  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  model_dir = tmp_path / "run"
+  common = ["--gin.EVAL_PERIOD=None", "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"]
+  env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH",
+                                                           "SUPERGLUE_DATA_DIR")}
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(helpers.TESTS), os.environ.get("PYTHONPATH", "")]))
+  first = subprocess.Popen(
+      [sys.executable, "-m", "prompt_tuning.train",
+       *train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000", *common)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  try:
+    lines = []
+    for line in first.stdout:  # wait until it trains
+      lines.append(line)
+      if line.startswith("step 3/"):
+        break
+    assert lines and lines[-1].startswith("step 3/"), "".join(lines)
+    config_before = (model_dir / "config.gin").read_text()
+    second = helpers.run_cli("pt-train", train_args(
+        model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
+        "--gin.optimizers.adafactor.learning_rate=0.1", *common))
+    # The second run differs in lr: refused by the config check or the lock, never run.
+    line = assert_one_line_error(second, "pt-train")
+    assert "MODEL_DIR" in line
+    second = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
+                                                    *common))
+    assert_one_line_error(second, "pt-train", f"in use by another pt-train (pid {first.pid}")
+    assert (model_dir / "config.gin").read_text() == config_before
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=120)
+  finally:
+    first.kill()
+  assert first.returncode == 128 + 15, stderr[-3000:]
+  stopped = [l for l in stderr.splitlines() if l.startswith("pt-train: stopped by SIGTERM")]
+  assert len(stopped) == 1, stderr[-3000:]
+  step = int(stopped[0].split("after step ")[1].split()[0])
+  assert step >= 3
+  assert (model_dir / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT).exists()
+  assert not (model_dir / run_lock.FILENAME).exists()
+  # Resume to step+2 and compare with an uninterrupted run of step+2 steps.
+  resumed = helpers.run_cli("pt-train", train_args(model_dir, ckpt,
+                                                   f"--gin.TRAIN_STEPS={step + 2}", *common))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  straight = tmp_path / "straight"
+  result = helpers.run_cli("pt-train", train_args(straight, ckpt, f"--gin.TRAIN_STEPS={step + 2}",
+                                                  *common))
+  assert result.returncode == 0, result.stderr[-3000:]
+  name = f"numpy_checkpoints/checkpoint_{step + 2}/{PROMPT}"
+  np.testing.assert_array_equal(np.load(model_dir / name), np.load(straight / name))
