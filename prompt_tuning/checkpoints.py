@@ -20,9 +20,17 @@ Each leaf of the msgpack tree is one of
 
 Parameter names are '/'-joined paths under optimizer/target, e.g.
 'encoder/layers_0/attention/query/kernel'.
+
+Damaged checkpoints: a truncated or corrupt chunk, a bad `.zarray`, a missing
+parameter folder or a missing chunk file raise CheckpointError naming the
+parameter and the file. T5X (and save_checkpoint) store zarr arrays with
+`fill_value: null`, for which tensorstore writes every chunk, so a missing
+chunk is damage: it is read with `fill_missing_data_reads=False` instead of
+tensorstore's default of silently reading zeros.
 """
 from collections.abc import Mapping
 import os
+import re
 import shutil
 import uuid
 
@@ -162,7 +170,8 @@ def read_checkpoint_tree(path) -> dict:
   data = _read_bytes(f"{directory}/{_CHECKPOINT_FILE}")
   try:
     tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False)
-  except (ValueError, msgpack.UnpackException) as e:
+  except (ValueError, TypeError, AttributeError, KeyError, msgpack.UnpackException) as e:
+    # ValueError for truncation; the others for damaged dtype names and ext payloads.
     raise CheckpointError(
         f"{directory}/{_CHECKPOINT_FILE} is not a readable T5X msgpack "
         f"checkpoint ({e}); re-download or re-save it") from e
@@ -195,7 +204,72 @@ def _absolute_spec(spec: Mapping, directory: str) -> dict:
     spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": key}
   else:
     spec["kvstore"] = {"driver": "file", "path": full}
+  # Every chunk of a checkpoint array is stored: a missing one is an error, not zeros.
+  spec["fill_missing_data_reads"] = False
   return spec
+
+
+def _location(spec: Mapping) -> str:
+  """The zarr folder of an absolute spec: a local path or gs://bucket/key."""
+  kvstore = spec["kvstore"]
+  if kvstore.get("driver") == "gcs":
+    return f"gs://{kvstore.get('bucket', '')}/{kvstore.get('path', '')}".rstrip("/")
+  return kvstore.get("path", "").rstrip("/")
+
+
+_TS_SUFFIX = re.compile(r"\s*\[(?:tensorstore_spec|source locations)=.*$")
+_TS_PATH = re.compile(r'"((?:gs://|/)[^"]*)"')
+_TS_STATUS = re.compile(r"^[A-Z_]+: ")
+_TS_CONTEXT = re.compile(r'(?:Error (?:opening|reading|writing) (?:[^":]*"[^"]*")?[^":]*: )+')
+
+
+def _unreadable(name: str, leaf, directory: str, error: Exception, opening: bool) -> str:
+  """What tensorstore could not read of parameter `name`, as '<file> <problem>'.
+
+  tensorstore's message is one long line with its full spec; keep the file it
+  names and its reason, and say in words what is missing.
+  """
+  folder = _location(_absolute_spec(leaf, directory))
+  text = _TS_SUFFIX.sub("", (str(error).strip().splitlines() or [""])[0])
+  found = _TS_PATH.search(text)
+  path = found.group(1) if found else (f"{folder}/.zarray" if opening else folder)
+  reason = _TS_CONTEXT.sub("", _TS_STATUS.sub("", text)).strip() or type(error).__name__
+  path, folder = (p[len(directory) + 1:] if p.startswith(directory + "/") else p
+                  for p in (path, folder))  # Relative to the checkpoint, named in the message.
+  if re.search(r"\bchunk\b.*\bis missing", reason):
+    return f"chunk file {path} is missing"
+  if path.endswith("/.zarray") and "does not exist" in reason:
+    if not _is_gcs(directory) and not os.path.isdir(os.path.join(directory, folder)):
+      return f"parameter folder {folder} is missing"
+    return f"{path} is missing"
+  if path.endswith("/.zarray"):
+    return f"{path} is not valid zarr metadata ({reason})"
+  return f"{path} is unreadable ({reason})"
+
+
+def _raise_unreadable(problems: dict, directory: str) -> None:
+  """One CheckpointError line for {param name: problem}: the first in full."""
+  if not problems:
+    return
+  (name, problem), *others = sorted(problems.items())
+  more = ""
+  if others:
+    shown = ", ".join(n for n, _ in others[:3]) + (", ..." if len(others) > 3 else "")
+    more = f" (and {len(others)} more unreadable: {shown})"
+  raise CheckpointError(f"T5X checkpoint {directory} is damaged: parameter {name}: "
+                        f"{problem}{more}; re-download or re-save it")
+
+
+def _open_all(flat: Mapping, names, directory: str, problems: dict) -> dict:
+  """Issues ts.open for every named zarr leaf; {name: future}. A spec that
+  tensorstore rejects outright goes to `problems` instead."""
+  futures = {}
+  for name in names:
+    try:
+      futures[name] = ts.open(_absolute_spec(flat[name], directory), read=True)
+    except ValueError as e:
+      problems[name] = _unreadable(name, flat[name], directory, e, opening=True)
+  return futures
 
 
 def _leaf_info(leaf) -> tuple[tuple[int, ...], str]:
@@ -215,11 +289,17 @@ def _list(tree, directory) -> tuple[dict, dict]:
   flat = {k: v for k, v in flatten_params(_target(tree, directory)).items()
           if v is not None}
   infos = {name: _leaf_info(leaf) for name, leaf in flat.items()}
-  pending = {name: ts.open(_absolute_spec(flat[name], directory), read=True)
-             for name, info in infos.items() if info is None}
+  problems = {}
+  pending = _open_all(flat, [n for n, info in infos.items() if info is None], directory,
+                      problems)
   for name, future in pending.items():
-    store = future.result()
+    try:
+      store = future.result()
+    except ValueError as e:
+      problems[name] = _unreadable(name, flat[name], directory, e, opening=True)
+      continue
     infos[name] = tuple(store.shape), store.dtype.numpy_dtype.name
+  _raise_unreadable(problems, directory)
   return flat, infos
 
 
@@ -271,12 +351,23 @@ def load_params(path, names=None, *, expected_shapes=None, dtype=None) -> dict:
     raise CheckpointError(f"Checkpoint {directory} does not match the model: "
                           + "; ".join(problems))
 
-  # Issue every zarr open, then every read, and only then wait.
+  # Issue every zarr open, then every read, and only then wait. Every damaged
+  # parameter is collected, so one error reports them all.
   zarr = [n for n in names if _is_spec(flat[n])]
-  opened = [ts.open(_absolute_spec(flat[n], directory), read=True) for n in zarr]
-  reads = [store.result().read() for store in opened]
+  problems = {}
+  reads = {}
+  for name, future in _open_all(flat, zarr, directory, problems).items():
+    try:
+      reads[name] = future.result().read()
+    except ValueError as e:
+      problems[name] = _unreadable(name, flat[name], directory, e, opening=True)
   arrays = {n: np.array(flat[n]) for n in names if n not in zarr}  # Writable.
-  arrays.update({n: read.result() for n, read in zip(zarr, reads)})
+  for name, read in reads.items():
+    try:
+      arrays[name] = read.result()
+    except ValueError as e:
+      problems[name] = _unreadable(name, flat[name], directory, e, opening=False)
+  _raise_unreadable(problems, directory)
   return unflatten_params({n: a if dtype is None else a.astype(dtype, copy=False)
                            for n, a in arrays.items()})
 

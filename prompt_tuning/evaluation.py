@@ -339,10 +339,16 @@ def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Op
           f"PROMPT_FILE {prompt_file} is one array but this model trains {sorted(names)}: "
           "point PROMPT_FILE at the numpy checkpoint folder instead")
     (name, shape), = names.items()
+    numpy_checkpoints.check_file(prompt_file)  # against checksums.json, if beside it
     value = initializers.load_prompt_file(prompt_file, shape)
     return param_utils.unflatten({name: value}), _step_of(prompt_file), prompt_file
   elif model_dir and numpy_checkpoints.latest_step(model_dir) is not None:
-    step = numpy_checkpoints.latest_step(model_dir)
+    # The newest checkpoint that verifies; damaged ones are reported, never moved.
+    step = numpy_checkpoints.latest_intact_step(model_dir, move_aside=False)
+    if step is None:
+      raise numpy_checkpoints.CheckpointDamagedError(
+          f"every numpy checkpoint in {model_dir} is damaged (see the warnings): set "
+          "PROMPT_FILE to an intact prompt")
     directory = numpy_checkpoints.checkpoint_dir(model_dir, step)
   else:
     raise initializers.PromptInitError(

@@ -194,7 +194,10 @@ def train(*,
   optimizer = optimizer_fn()
   opt_state = optimizer.init(trainable)
 
-  start_step = _agreed(numpy_checkpoints.latest_step(model_dir) or 0, "the latest checkpoint step")
+  # The newest checkpoint that verifies (checksums): read only here, before the
+  # run owns MODEL_DIR; damaged newer ones are set aside once it does (below).
+  start_step = _agreed(numpy_checkpoints.latest_intact_step(
+      model_dir, warn=lambda _: None, move_aside=False) or 0, "the latest intact checkpoint step")
   if start_step:
     directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
     trainable = partitioning.replicate(
@@ -236,6 +239,9 @@ def train(*,
       lock = run_lock.RunLock(model_dir)
     _agreed_ok(_try(lock.acquire) if chief else None)
     if chief:
+      # Warns about and renames each damaged checkpoint newer than start_step
+      # (damaged_checkpoint_N, kept for inspection), so it is never resumed from.
+      numpy_checkpoints.latest_intact_step(model_dir)
       gin_utils.write_operative_config(model_dir)
       run_record.write(model_dir, record)
     writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None

@@ -209,3 +209,109 @@ def test_flatten_unflatten():
   assert checkpoints.flatten_params(nested) == flat
   assert checkpoints.flatten_params(frozen_dict.freeze(nested)) == flat
   assert checkpoints.unflatten_params(flat) == nested
+
+
+# Damaged checkpoints: one CheckpointError line naming the parameter and the file.
+
+
+def _writable_copy(src, dst):
+  """A copy of a checkpoint folder that tests may damage (the fixture is read-only)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(src, dst)
+  for root, _, files in os.walk(dst):
+    os.chmod(root, 0o755)
+    for name in files:
+      os.chmod(os.path.join(root, name), 0o644)
+  return dst
+
+
+def _truncate_chunk(folder):
+  with open(folder / "1.0", "r+b") as f:
+    f.truncate(100)
+  return "1.0", "is unreadable (Not enough data"
+
+
+def _garble_zarray(folder):
+  (folder / ".zarray").write_text('{"chunks": [4096, 4], "dtype": ')
+  return ".zarray", "is not valid zarr metadata (Invalid JSON)"
+
+
+def _delete_chunk(folder):
+  os.remove(folder / "1.0")
+  return "1.0", "is missing"
+
+
+def _delete_folder(folder):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(folder)
+  return "", "is missing"
+
+
+DAMAGES = {"truncated_chunk": _truncate_chunk, "garbled_zarray": _garble_zarray,
+           "missing_chunk": _delete_chunk, "missing_folder": _delete_folder}
+
+
+def _check_message(message, name, folder_name, filename, what):
+  assert "\n" not in message and "tensorstore_spec" not in message, message
+  assert f"parameter {name}: " in message, message
+  where = f"{folder_name}/{filename}" if filename else f"parameter folder {folder_name}"
+  assert f"{where} {what}" in message, message
+  assert "more unreadable" not in message, message  # No other parameter is blamed.
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_real_checkpoint(damage, tiny_checkpoint, tmp_path):
+  ckpt = _writable_copy(tiny_checkpoint, tmp_path / "checkpoint_3")
+  folder = ckpt / "target.token_embedder.embedding"
+  filename, what = DAMAGES[damage](folder)
+  # Listing reads no zarr data; the shapes are in the msgpack tree.
+  assert checkpoints.list_params(ckpt)["token_embedder/embedding"] == ((32128, 4), "float32")
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_params(ckpt)
+  _check_message(str(e.value), "token_embedder/embedding", folder.name, filename, what)
+  assert str(ckpt) in str(e.value)
+  # Intact parameters still load on their own.
+  other = checkpoints.load_params(ckpt, ["encoder/layers_0/mlp/wo/kernel"])
+  assert checkpoints.flatten_params(other)["encoder/layers_0/mlp/wo/kernel"].shape == (8, 4)
+
+
+def test_missing_chunk_is_not_read_as_zeros(tiny_checkpoint, tmp_path):
+  """tensorstore's default reads a missing chunk as zeros (here 3456 embedding rows)."""
+  ckpt = _writable_copy(tiny_checkpoint, tmp_path / "checkpoint_3")
+  os.remove(ckpt / "target.token_embedder.embedding" / "7.0")  # The cropped edge chunk.
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"chunk file target\.token_embedder\.embedding/7\.0 is missing"):
+    checkpoints.load_params(ckpt, ["token_embedder/embedding"])
+
+
+def test_every_damaged_parameter_is_counted(tiny_checkpoint, tmp_path):
+  ckpt = _writable_copy(tiny_checkpoint, tmp_path / "checkpoint_3")
+  _delete_chunk(ckpt / "target.token_embedder.embedding")
+  _delete_folder(ckpt / "target.decoder.logits_dense.kernel")
+  _garble_zarray(ckpt / "target.encoder.layers_0.mlp.wo.kernel")
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_params(ckpt)
+  message = str(e.value)
+  # The first by name in full, the others named, in one line.
+  assert "\n" not in message
+  assert ("parameter decoder/logits_dense/kernel: parameter folder "
+          "target.decoder.logits_dense.kernel is missing (and 2 more unreadable: "
+          "encoder/layers_0/mlp/wo/kernel, token_embedder/embedding)") in message, message
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_written_checkpoint(damage, tmp_path, monkeypatch):
+  monkeypatch.setattr(checkpoints, "_MAX_CHUNK_BYTES", 150 * 64 * 4)  # Two chunks of rows.
+  params = _params(0)
+  params["encoder"]["zeros"] = np.zeros((4, 5000), np.float32)
+  path = checkpoints.save_checkpoint(tmp_path, params, 1)
+  folder = tmp_path / "checkpoint_1" / "target.encoder.big.kernel"
+  assert sorted(os.listdir(folder)) == [".zarray", "0.0", "1.0"]
+  # Every chunk is written, even an all-zero one, so intact checkpoints load.
+  got = checkpoints.flatten_params(checkpoints.load_params(path))
+  np.testing.assert_array_equal(got["encoder/zeros"], params["encoder"]["zeros"])
+
+  filename, what = DAMAGES[damage](folder)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_params(path, ["encoder/big/kernel", "encoder/norm/scale"])
+  _check_message(str(e.value), "encoder/big/kernel", folder.name, filename, what)
