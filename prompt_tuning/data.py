@@ -1,33 +1,37 @@
 """Datasets through seqio: a task or mixture, an encoder-decoder feature
 converter without packing, batched for the model."""
 import importlib
-import os
 from typing import Mapping, Optional
 
 import seqio
 import tensorflow as tf
 
 from prompt_tuning import partitioning
+from prompt_tuning.tasks import registration
 
 
 class DataError(ValueError):
   """Unknown task, empty dataset and other data problems; says what to fix."""
 
 
-def configure_sources(vocabulary=None, superglue_data_dir: Optional[str] = None) -> None:
-  """Points the shipped tasks (prompt_tuning.tasks) at the run's data and vocabulary.
+def configure_sources(vocabulary=None,
+                      superglue_data_dir: Optional[str] = None) -> registration.Settings:
+  """Points the shipped tasks (prompt_tuning.tasks) at the run's vocabulary and SuperGLUE data.
 
-  Call before importing task modules: their tasks read the SentencePiece model
-  path (PT_VOCABULARY_PATH) when they register, so the model's VOCABULARY and
-  the tasks' agree. SUPERGLUE_DATA_DIR selects the official JSONL release over
-  TFDS.
+  Passes the run's VOCABULARY and SUPERGLUE_DATA_DIR to
+  `prompt_tuning.tasks.registration.configure`, which registers the shipped
+  tasks and mixtures again with them: task modules imported before this call
+  follow it as well as those imported after, and the latest call wins. None
+  means the user's default ($PT_VOCABULARY_PATH or T5's vocabulary;
+  $SUPERGLUE_DATA_DIR, else TFDS). Sets no environment variable.
+
+  Returns:
+    The `registration.Settings` now in effect.
   """
-  path = getattr(vocabulary, "sentencepiece_model_file", None)
-  if path:  # the configured VOCABULARY is the single source of truth
-    os.environ["PT_VOCABULARY_PATH"] = path
-  if superglue_data_dir:
-    from prompt_tuning.tasks import sources  # pylint: disable=g-import-not-at-top
-    sources.set_superglue_data_dir(superglue_data_dir)
+  try:
+    return registration.configure(vocabulary=vocabulary, superglue_data_dir=superglue_data_dir)
+  except ValueError as e:
+    raise DataError(str(e)) from None
 
 
 def import_task_modules(modules) -> None:

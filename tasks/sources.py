@@ -1,17 +1,17 @@
 """seqio DataSources for (Super)GLUE that fail clearly when data is missing.
 
-`SuperGlueSource` reads TFDS `super_glue/<config>:1.0.2` by default, or the
-unzipped official SuperGLUE release (JSONL) when a data dir is configured
-through `set_superglue_data_dir(path)` or the `SUPERGLUE_DATA_DIR` environment
-variable. The choice is made each time a dataset is built, so the same
-registered task works either way. Both give identical examples (see
-`superglue_jsonl`).
+`SuperGlueSource` reads TFDS `super_glue/<config>:1.0.2`, or the unzipped
+official SuperGLUE release (JSONL) in the folder given as its `data_dir`. Both
+give identical examples (see `superglue_jsonl`). The shipped tasks pass the
+configured folder (`registration.configure`, i.e. SUPERGLUE_DATA_DIR in gin);
+the `SUPERGLUE_DATA_DIR` environment variable is only the user-facing default
+of that configuration (`default_superglue_data_dir`).
 
 `PreparedTfdsSource` is a TfdsDataSource that never tries to download: when the
 TFDS dataset is not prepared it raises an error that says how to prepare it.
 """
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import seqio
 import tensorflow as tf
@@ -21,26 +21,14 @@ from prompt_tuning.tasks import superglue_jsonl
 
 SUPERGLUE_DATA_DIR_ENV = "SUPERGLUE_DATA_DIR"
 SUPERGLUE_TFDS_VERSION = "1.0.2"
-
-_superglue_data_dir: Optional[str] = None
-
-
-def set_superglue_data_dir(path: Optional[str]) -> None:
-  """Reads SuperGLUE from the unzipped official release at `path`.
-
-  Takes precedence over $SUPERGLUE_DATA_DIR; `None` goes back to the
-  environment variable (and to TFDS when that is unset too).
-
-  Args:
-    path: folder holding `BoolQ/train.jsonl`, `RTE/val.jsonl`, ...
-  """
-  global _superglue_data_dir
-  _superglue_data_dir = os.fspath(path) if path is not None else None
+# How a user points the tasks at the release, for error messages.
+_SET_DATA_DIR = (f"--gin.SUPERGLUE_DATA_DIR (or ${SUPERGLUE_DATA_DIR_ENV}, or "
+                 "registration.configure(superglue_data_dir=...))")
 
 
-def get_superglue_data_dir() -> Optional[str]:
-  """The configured SuperGLUE release folder, or None to read TFDS."""
-  return _superglue_data_dir or os.environ.get(SUPERGLUE_DATA_DIR_ENV) or None
+def default_superglue_data_dir() -> Optional[str]:
+  """The user's default SuperGLUE release folder: $SUPERGLUE_DATA_DIR, else None (TFDS)."""
+  return os.environ.get(SUPERGLUE_DATA_DIR_ENV) or None
 
 
 class PreparedTfdsSource(seqio.TfdsDataSource):
@@ -91,10 +79,11 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
 
 
 class SuperGlueSource(seqio.DataSource):
-  """SuperGLUE from TFDS, or from the JSONL release when a data dir is set."""
+  """SuperGLUE from the JSONL release in `data_dir`, or from TFDS without one."""
 
   def __init__(self, config: str, splits: Optional[Sequence[str]] = None,
-               tfds_data_dir: Optional[str] = None):
+               tfds_data_dir: Optional[str] = None,
+               data_dir: Optional[Union[str, os.PathLike]] = None):
     """Constructor.
 
     Args:
@@ -102,6 +91,8 @@ class SuperGlueSource(seqio.DataSource):
       splits: the splits to expose (default all: train, validation, test; only
         test for the diagnostics axb/axg).
       tfds_data_dir: optional TFDS data dir (else seqio's override / TFDS's).
+      data_dir: the unzipped official SuperGLUE release (holding
+        `RTE/train.jsonl`, ...); None reads TFDS.
     """
     all_splits = superglue_jsonl.splits(config)
     splits = tuple(splits or all_splits)
@@ -109,19 +100,24 @@ class SuperGlueSource(seqio.DataSource):
     if unknown:
       raise ValueError(f"SuperGLUE {config} has no splits {sorted(unknown)}.")
     self._config = config
+    self._data_dir = os.fspath(data_dir) if data_dir else None
     self._tfds_name = f"super_glue/{config}:{SUPERGLUE_TFDS_VERSION}"
     files = ", ".join(superglue_jsonl.split_path("", config, s) for s in splits)
     self._tfds = PreparedTfdsSource(
         self._tfds_name, splits=splits,
         tfds_data_dir=tfds_data_dir,
-        hint=(f"; or, without TFDS, set {SUPERGLUE_DATA_DIR_ENV} (or call "
-              "set_superglue_data_dir) to the unzipped official SuperGLUE "
-              f"release (with {files})"))
+        hint=(f"; or, without TFDS, set {_SET_DATA_DIR} to the unzipped official "
+              f"SuperGLUE release (with {files})"))
     super().__init__(splits=splits)
 
   @property
   def config(self) -> str:
     return self._config
+
+  @property
+  def data_dir(self) -> Optional[str]:
+    """The JSONL release folder read, or None when reading TFDS."""
+    return self._data_dir
 
   @property
   def tfds_name(self) -> str:
@@ -133,25 +129,22 @@ class SuperGlueSource(seqio.DataSource):
 
   def __repr__(self):
     return (f"{self.__class__.__name__}(config={self._config!r}, "
-            f"data_dir={get_superglue_data_dir()!r}, tfds={self._tfds_name})")
+            f"data_dir={self._data_dir!r}, tfds={self._tfds_name})")
 
   def jsonl_path(self, split: str, data_dir: Optional[str] = None) -> str:
-    """The release file of `split` (under `data_dir` or the configured dir)."""
-    data_dir = data_dir or get_superglue_data_dir()
+    """The release file of `split` (under `data_dir`, else this source's)."""
+    data_dir = data_dir or self._data_dir
     if not data_dir:
-      raise ValueError(
-          f"No SuperGLUE data dir: set {SUPERGLUE_DATA_DIR_ENV} or call "
-          "set_superglue_data_dir().")
+      raise ValueError(f"No SuperGLUE data dir: set {_SET_DATA_DIR}.")
     return superglue_jsonl.split_path(data_dir, self._config, split)
 
-  def _read_jsonl(self, split: str, data_dir: str) -> tf.data.Dataset:
-    path = self.jsonl_path(split, data_dir)
+  def _read_jsonl(self, split: str) -> tf.data.Dataset:
+    path = self.jsonl_path(split)
     if not tf.io.gfile.exists(path):
       raise FileNotFoundError(
-          f"SuperGLUE file {path} not found: set {SUPERGLUE_DATA_DIR_ENV} to "
-          "the unzipped official SuperGLUE release, or prepare TFDS "
-          f"{self._tfds_name} with `tfds build` and --tfds_data_dir (and "
-          f"unset {SUPERGLUE_DATA_DIR_ENV}).")
+          f"SuperGLUE file {path} not found: set {_SET_DATA_DIR} to the unzipped "
+          f"official SuperGLUE release, or prepare TFDS {self._tfds_name} with "
+          "`tfds build` and --tfds_data_dir (and leave SUPERGLUE_DATA_DIR unset).")
     examples = superglue_jsonl.read_examples(path, self._config)
     return superglue_jsonl.examples_to_dataset(examples, self._config)
 
@@ -166,22 +159,21 @@ class SuperGlueSource(seqio.DataSource):
       raise ValueError(
           f"SuperGLUE {self._config} has no split {split!r}; splits: "
           f"{self.splits}.")
-    data_dir = get_superglue_data_dir()
-    if data_dir is None:
+    if self._data_dir is None:
       return self._tfds.get_dataset(split=split, shuffle=shuffle, seed=seed,
                                     shard_info=shard_info)
     # The JSONL examples come in file order; seqio's Task shuffles examples.
-    ds = self._read_jsonl(split, data_dir)
+    ds = self._read_jsonl(split)
     if shard_info and shard_info.num_shards > 1:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     return ds
 
   def list_shards(self, split: str) -> Sequence[str]:
-    if get_superglue_data_dir() is None:
+    if self._data_dir is None:
       return self._tfds.list_shards(split)
     return [self.jsonl_path(split)]
 
   def num_input_examples(self, split: str) -> Optional[int]:
-    if get_superglue_data_dir() is None:
+    if self._data_dir is None:
       return self._tfds.num_input_examples(split)
     return None  # Unknown without reading the file (MultiRC/ReCoRD expand).

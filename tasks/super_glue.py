@@ -16,8 +16,8 @@ Tasks (inputs/targets identical to T5's `super_glue_*_v102` tasks):
   SuperGLUE tasks (WSC as its train/eval pair), rated by training-set size.
 
 Data comes from TFDS `super_glue/<config>:1.0.2`, or from the official JSONL
-release when `SUPERGLUE_DATA_DIR` is set or `set_superglue_data_dir(path)` was
-called (see `sources`). The vocabulary is T5's (see `features`).
+release in the configured SuperGLUE folder; the vocabulary is the configured
+one (see `registration.configure`, `sources` and `features`).
 """
 import functools
 
@@ -28,9 +28,6 @@ from prompt_tuning.tasks import preprocessors
 from prompt_tuning.tasks import registration
 from prompt_tuning.tasks import sources
 from prompt_tuning.tasks import superglue_jsonl
-# Re-exported: the CLI / gin configure the data dir through this module.
-from prompt_tuning.tasks.sources import get_superglue_data_dir  # pylint: disable=unused-import
-from prompt_tuning.tasks.sources import set_superglue_data_dir  # pylint: disable=unused-import
 
 # The SuperGLUE configs registered as classification / QA tasks (WSC is below).
 CONFIGS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "axb",
@@ -103,10 +100,28 @@ def postprocess_fn(config: str):
       label_classes=superglue_jsonl.LABEL_CLASSES[config])
 
 
+def source_fn(config: str, splits=None):
+  """The source of a config, reading the configured SuperGLUE folder.
+
+  Args:
+    config: the TFDS super_glue config.
+    splits: its splits to expose (default all).
+
+  Returns:
+    A function from `registration.Settings` to a `sources.SuperGlueSource`.
+  """
+
+  def build(settings: registration.Settings) -> sources.SuperGlueSource:
+    return sources.SuperGlueSource(config, splits=splits,
+                                   data_dir=settings.superglue_data_dir)
+
+  return build
+
+
 def _register_tasks():
   """Registers every SuperGLUE task, full and taskless."""
   for config in CONFIGS:
-    source = sources.SuperGlueSource(config)
+    source = source_fn(config)
     for taskless in (False, True):
       name = task_name(config, taskless)
       chain = text_preprocessors(config)
@@ -121,9 +136,8 @@ def _register_tasks():
 
   # WSC as T5's referent generation: train on the positive examples only,
   # evaluate whether the generated referent is the candidate.
-  wsc_train = sources.SuperGlueSource("wsc.fixed", splits=("train",))
-  wsc_eval = sources.SuperGlueSource("wsc.fixed",
-                                     splits=("validation", "test"))
+  wsc_train = source_fn("wsc.fixed", splits=("train",))
+  wsc_eval = source_fn("wsc.fixed", splits=("validation", "test"))
   for taskless in (False, True):
     tail = [preprocessors.remove_first_text_token] if taskless else []
     registration.add_task(

@@ -89,14 +89,21 @@ def release_dir(tmp_path_factory, fewglue):
 
 
 @pytest.fixture(scope="module")
-def sg(release_dir):
-  """The super_glue module, reading the tmp release, with the local vocab."""
-  os.environ["PT_VOCABULARY_PATH"] = str(shared_path("t5_vocab",
-                                                     "spiece.model"))
+def vocab():
+  """T5's vocabulary from the local copy of its SentencePiece model."""
+  return seqio.SentencePieceVocabulary(
+      str(shared_path("t5_vocab", "spiece.model")), extra_ids=100)
+
+
+@pytest.fixture(scope="module")
+def sg(release_dir, vocab):
+  """The super_glue module, configured to read the tmp release with `vocab`."""
+  from prompt_tuning.tasks import registration
   module = importlib.import_module("prompt_tuning.tasks.super_glue")
-  module.set_superglue_data_dir(release_dir)
+  before = registration.settings()
+  registration.configure(vocabulary=vocab, superglue_data_dir=release_dir)
   yield module
-  module.set_superglue_data_dir(None)
+  registration.configure(before.vocabulary, before.superglue_data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +204,10 @@ def test_all_tasks_and_mixtures_are_registered(sg):
   assert set(ALL_TASKS) <= names
   for mixture in ("super_glue_v102", "taskless_super_glue_v102"):
     assert mixture in seqio.MixtureRegistry.names()
+  rte = seqio.get_mixture_or_task("super_glue_rte_v102")
   importlib.reload(sg)  # Registering twice is harmless.
-  sg.set_superglue_data_dir(sg.get_superglue_data_dir())
   assert set(ALL_TASKS) <= set(seqio.TaskRegistry.names())
+  assert seqio.get_mixture_or_task("super_glue_rte_v102") is rte
 
 
 def test_mixture_rates_are_train_sizes(sg):
@@ -377,9 +385,10 @@ def test_record_keeps_all_answers_on_every_copy(examples, fewglue):
         assert int(e["idx/passage"]) == row["idx"]
 
 
-def test_vocabulary_round_trip(examples):
-  from prompt_tuning.tasks import features
-  vocab = features.DEFAULT_OUTPUT_FEATURES["inputs"].vocabulary
+def test_vocabulary_round_trip(examples, vocab):
+  task = seqio.get_mixture_or_task("taskless_super_glue_rte_v102")
+  assert task.output_features["inputs"].vocabulary is vocab  # The configured one.
+  assert task.output_features["targets"].vocabulary is vocab
   assert vocab.vocab_size == 32100  # 32,000 pieces + 100 sentinels.
   e = examples("taskless_super_glue_rte_v102", "train")[0]
   assert e["inputs"][-1] == 1 and e["targets"][-1] == 1  # EOS.
@@ -413,7 +422,7 @@ def test_jsonl_source_equals_tfds_builder(config, split, sg, release_dir):
                          data_dir=os.path.join(release_dir, "no_tfds"))
   if not hasattr(builder, "_generate_examples"):
     pytest.skip("this TFDS version has no _generate_examples")
-  source = sources.SuperGlueSource(config)
+  source = sources.SuperGlueSource(config, data_dir=release_dir)
   ds = source.get_dataset(split=split, shuffle=False)
   assert ds.element_spec == builder.info.features.get_tensor_spec()
   path = superglue_jsonl.split_path(release_dir, config, split)
@@ -467,22 +476,29 @@ def test_hand_built_tfds_example_gives_same_output(sg, examples, fewglue):
                   "text. Sent 2: more.", "False")]
 
 
-def test_env_var_selects_jsonl(sg, release_dir, monkeypatch):
+def test_env_var_selects_jsonl(sg, release_dir, vocab, monkeypatch):
+  """$SUPERGLUE_DATA_DIR is the default when none is configured."""
+  from prompt_tuning.tasks import registration
   from prompt_tuning.tasks import sources
-  sg.set_superglue_data_dir(None)
+  monkeypatch.setenv("SUPERGLUE_DATA_DIR", release_dir)
   try:
-    monkeypatch.setenv("SUPERGLUE_DATA_DIR", release_dir)
-    assert sources.get_superglue_data_dir() == release_dir
-    ds = sources.SuperGlueSource("cb").get_dataset("validation", shuffle=False)
+    assert sources.default_superglue_data_dir() == release_dir
+    registration.configure(vocabulary=vocab)  # No folder given: the default.
+    task = seqio.get_mixture_or_task("super_glue_cb_v102")
+    assert task.source.data_dir == release_dir
+    ds = task.source.get_dataset("validation", shuffle=False)
     assert len(list(ds)) == 32
+    # A bare source reads only the folder it is given: TFDS without one.
+    assert sources.SuperGlueSource("cb").data_dir is None
   finally:
-    sg.set_superglue_data_dir(release_dir)
+    registration.configure(vocabulary=vocab, superglue_data_dir=release_dir)
 
 
-def test_missing_file_error_names_file_and_fix(sg, release_dir, tmp_path,
-                                              monkeypatch):
+def test_missing_file_error_names_file_and_fix(sg, release_dir, vocab,
+                                              tmp_path):
+  from prompt_tuning.tasks import registration
   from prompt_tuning.tasks import sources
-  sg.set_superglue_data_dir(str(tmp_path))
+  registration.configure(vocabulary=vocab, superglue_data_dir=tmp_path)
   try:
     with pytest.raises(FileNotFoundError) as err:
       seqio.get_mixture_or_task("super_glue_rte_v102").get_dataset(
@@ -494,20 +510,15 @@ def test_missing_file_error_names_file_and_fix(sg, release_dir, tmp_path,
     with pytest.raises(ValueError):
       sources.SuperGlueSource("axb").get_dataset("train")
   finally:
-    sg.set_superglue_data_dir(None)
-  monkeypatch.delenv("SUPERGLUE_DATA_DIR", raising=False)
-  try:
-    # No data dir: TFDS, which is not prepared in an empty TFDS data dir.
-    source = sources.SuperGlueSource("boolq",
-                                     tfds_data_dir=str(tmp_path / "tfds"))
-    with pytest.raises(FileNotFoundError) as err:
-      source.get_dataset("train")
-    message = str(err.value)
-    assert "super_glue/boolq:1.0.2" in message and "tfds build" in message
-    assert "SUPERGLUE_DATA_DIR" in message
-    assert not (tmp_path / "tfds").exists()  # Nothing downloaded or created.
-  finally:
-    sg.set_superglue_data_dir(release_dir)
+    registration.configure(vocabulary=vocab, superglue_data_dir=release_dir)
+  # No data dir: TFDS, which is not prepared in an empty TFDS data dir.
+  source = sources.SuperGlueSource("boolq", tfds_data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(FileNotFoundError) as err:
+    source.get_dataset("train")
+  message = str(err.value)
+  assert "super_glue/boolq:1.0.2" in message and "tfds build" in message
+  assert "SUPERGLUE_DATA_DIR" in message
+  assert not (tmp_path / "tfds").exists()  # Nothing downloaded or created.
 
 
 # ------------------------------------------------------ postprocess + eval --
