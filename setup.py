@@ -3,6 +3,12 @@
 `gin/` is copied into the installed package as `prompt_tuning/gin/` and `tasks/`
 is installed as `prompt_tuning.tasks`, so `--gin_file=models/t5_1_1_base_prompt.gin` resolves
 after a plain `pip install .` with no search path.
+
+In the source tree, `prompt_tuning/tasks` is a symlink to `tasks/`, so the source
+folder is the complete package too: from the repo root, where `python -m ...` and
+`python -m pytest` import `./prompt_tuning` ahead of any installed copy, every
+module resolves whichever way the package was installed (and without installing).
+pyproject.toml declares the build backend (PEP 517/660 installs always).
 """
 import os
 import shutil
@@ -32,16 +38,14 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=(
-        setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
-        + ["prompt_tuning.tasks"]
-    ),
+    packages=["prompt_tuning", "prompt_tuning.launchers", "prompt_tuning.tasks"],
     package_dir={"prompt_tuning.tasks": "tasks"},
     cmdclass={"build_py": BuildPyWithGin},
     install_requires=[
         "absl-py",
         "flax>=0.8",
         "gin-config>=0.5",
+        "matplotlib",
         "jax>=0.4.30",
         "msgpack",
         "numpy",
@@ -57,6 +61,7 @@ setuptools.setup(
         "console_scripts": [
             "pt-train=prompt_tuning.train:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
+            "pt-sweep=prompt_tuning.sweep:console_main",
         ]
     },
 )
