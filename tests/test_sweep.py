@@ -194,6 +194,11 @@ BAD_SWEEPS = {
                         "--sweep_dir=gs://bucket/sweep"], ["--zone"]),
     "skypilot_no_accelerator": (["--sweep=PROMPT_LENGTH=[1]", "--launcher=skypilot",
                                  "--sweep_dir=gs://bucket/sweep"], ["--accelerator"]),
+    "tpu_vm_no_setup": (["--sweep=PROMPT_LENGTH=[1]", "--launcher=tpu-vm", "--zone=z",
+                         "--sweep_dir=gs://bucket/sweep"], ["needs --setup", "not on PyPI"]),
+    "skypilot_no_setup": (["--sweep=PROMPT_LENGTH=[1]", "--launcher=skypilot",
+                           "--accelerator=A100:8", "--sweep_dir=gs://bucket/sweep"],
+                          ["needs --setup"]),
 }
 
 

@@ -154,3 +154,16 @@ def check_remote_sweep_dir(sweep, launcher: str, schemes=("gs://",)) -> None:
     raise sweep_lib.SweepError(
         f"--launcher={launcher} needs a bucket --sweep_dir ({' or '.join(schemes)}...): the "
         f"machines' disks vanish with them, got {sweep.sweep_dir}")
+
+
+def check_setup(sweep, launcher: str) -> None:
+  """A real (not --dry_run) cloud launch needs --setup: prompt-tuning-jax is not
+  on PyPI, so only the user knows where the hosts install it from. A dry run
+  shows the default command in its place."""
+  if sweep.dry_run or sweep.options.get("setup"):
+    return
+  from prompt_tuning import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  raise sweep_lib.SweepError(
+      f"--launcher={launcher} needs --setup, the command that installs JAX and this package "
+      "on each host (prompt-tuning-jax is not on PyPI), e.g. --setup=\"pip install "
+      "'jax[tpu]' 'prompt-tuning-jax @ git+https://github.com/ORG/REPO'\"")

@@ -32,6 +32,7 @@ def check(sweep) -> None:
   if not sweep.options.get("accelerator"):
     raise sweep_lib.SweepError("--launcher=skypilot needs --accelerator (e.g. A100:8 or "
                                "tpu-v4-8)")
+  launchers.check_setup(sweep, "skypilot")
 
 
 def _is_tpu(accelerator: str) -> bool:

@@ -34,6 +34,7 @@ def check(sweep) -> None:
   if sweep.options.get("preemptible") and sweep.options.get("queued", True):
     raise sweep_lib.SweepError("--preemptible is for --noqueued (tpu-vm create); queued "
                                "resources take --spot")
+  launchers.check_setup(sweep, "tpu-vm")
 
 
 def _where(options) -> list:
