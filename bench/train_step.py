@@ -2,17 +2,20 @@
 
   python bench/train_step.py --size small --batch 8 --inputs 256 --targets 8 --prompt 100
   python bench/train_step.py --size small --compare-smop   # prompt P=100 vs SMoP 4x5
+  python bench/train_step.py --size small --method lora    # or prefix, adapter, mam, ...
 
 What is timed: the jitted step of `trainer.make_train_step` (jitted with
 `donate_argnums=(0, 1)`, exactly as `pt-train` does), on a frozen T5 1.1 with
-random weights (`model_params.init_random`), the prompt as the only trainable
-parameter (`trainer.DEFAULT_TRAINABLE`), `optimizers.adafactor()` with the
+random weights (`model_params.init_random`), the method's parameters (by
+default the prompt) as the only trainable ones (`methods.TRAINABLE_PARAMS`;
+`trainable_params` and `frozen_params` count them), `optimizers.adafactor()` with the
 paper's settings, dropout on (rate 0.1), and one random token batch (ids in
 [2, 32000), every position real, targets ending with EOS = 1) reused each step.
 The step is compiled ahead of time (`compile_s`: lowering + XLA compilation),
 then run `--warmup` untimed steps, then `--steps` timed steps, each waited for
 with `block_until_ready`; `step_s` is the median. One JSON line per run goes
-to stdout.
+to stdout. `peak_rss_mb` is the process's peak so far: run one method per
+process to compare methods' memory.
 
 FLOP counting (`count_flops`; `model_flops_per_step`). Only matmuls are
 counted, analytically; softmax, norms, dropout, activations, the loss and the
@@ -50,6 +53,16 @@ not counted (it is O(b*d*k), negligible).
 of the whole compiled step, elementwise ops included; None when the backend
 does not report it.
 
+`--method` (repeatable; default `prompt`) picks what trains, with the settings
+of its gin file (gin/methods/): `prompt` (P = `--prompt`), `smop`, `prefix`
+(l = 200 in every attention), `lora` (r = 8, alpha 8, query and value),
+`lora_all` (r = 8 on every projection), `adapter` (sequential, r = 200, after
+every sublayer), `parallel_adapter` (r = 512, s = 4, at the MLPs), `mam`
+(prefix l = 30 + that parallel adapter), `prompt+lora`. The other methods
+train parameters inside every layer, so the backward pass runs through the
+whole model and the prompt's FLOP rule above does not hold: their
+`model_flops_*` fields are None (XLA's count is still given).
+
 `--compare-smop` runs plain prompt tuning (`--prompt`, default 100) and SMoP
 (`--smop-prompts` x `--smop-length`, default 4 x 5) on the same frozen model and
 batch, then prints a line with `smop_over_prompt_step_ratio` and
@@ -71,6 +84,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import initializers
+from prompt_tuning import layers
+from prompt_tuning import methods
 from prompt_tuning import model_params
 from prompt_tuning import models
 from prompt_tuning import optimizers
@@ -164,6 +179,27 @@ def smop_module(num_prompts, length):
     return prompts.Prompt(length=length, init=initializers.random_uniform()), note
 
 
+def method_parts(name, args):
+  """(prompt module or None, layers.Sites) of a `--method` name (gin/methods/ defaults)."""
+  prompt = prompts.Prompt(length=args.prompt, init=initializers.random_uniform())
+  parallel = methods.AdapterMethod(512, 4.0, True, ("mlp",))
+  table = {
+      "prompt": (prompt, layers.IDENTITY),
+      "prefix": (None, methods.Methods(prefix_tuning=methods.PrefixMethod(200))),
+      "lora": (None, methods.Methods(lora=methods.LoRAMethod())),
+      "lora_all": (None, methods.Methods(lora=methods.LoRAMethod(targets=methods.PROJECTIONS))),
+      "adapter": (None, methods.Methods(adapters=methods.AdapterMethod(200))),
+      "parallel_adapter": (None, methods.Methods(adapters=parallel)),
+      "mam": (None, methods.Methods(prefix_tuning=methods.PrefixMethod(30), adapters=parallel)),
+      "prompt+lora": (prompt, methods.Methods(lora=methods.LoRAMethod())),
+  }
+  return table[name]
+
+
+METHODS = ("prompt", "smop", "prefix", "lora", "lora_all", "adapter", "parallel_adapter", "mam",
+           "prompt+lora")
+
+
 def _peak_rss_mb():
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
@@ -180,12 +216,12 @@ def _xla_flops(compiled):
   return float(flops) if flops is not None and flops >= 0 else None
 
 
-def run_one(args, config, prompt, frozen, batch, method, note=None):
-  """Compiles and times the train step of one prompt module; returns the JSON row."""
-  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
+def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY):
+  """Compiles and times the train step of one method; returns the JSON row."""
+  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt, sites=sites))
   shapes_batch = model_params.dummy_batch(1, args.inputs, args.targets)
   trainable = model_params.init_trainable(model, jax.random.PRNGKey(args.seed), shapes_batch,
-                                          trainer.DEFAULT_TRAINABLE)
+                                          methods.TRAINABLE_PARAMS)
   enc_len = jax.eval_shape(lambda p: model.encode(p, batch["encoder_input_tokens"]),
                            param_utils.merge(trainable, frozen))[0].shape[1]
   optimizer = optimizers.adafactor()
@@ -207,7 +243,8 @@ def run_one(args, config, prompt, frozen, batch, method, note=None):
       times.append(time.perf_counter() - start)
 
   step_s = statistics.median(times)
-  flops = count_flops(config, args.batch, enc_len, args.targets)
+  flops = (count_flops(config, args.batch, enc_len, args.targets)
+           if sites is layers.IDENTITY else None)
   device = jax.devices()[0]
   row = {
       "method": method,
@@ -220,10 +257,10 @@ def run_one(args, config, prompt, frozen, batch, method, note=None):
       "examples_per_s": args.batch / step_s,
       "tokens_per_s": args.batch * (enc_len + args.targets) / step_s,
       "model_flops_per_step": flops,
-      "model_flops_per_s": flops / step_s,
+      "model_flops_per_s": flops / step_s if flops is not None else None,
       "xla_flops_per_step": _xla_flops(compiled),
-      "trainable_params": sum(int(np.prod(v.shape))
-                              for v in param_utils.flatten(trainable).values()),
+      "trainable_params": methods.count(trainable),
+      "frozen_params": methods.count(frozen),
       "loss": float(metrics["loss"]),
       "peak_rss_mb": _peak_rss_mb(),
       "compile_s": compile_s,
@@ -253,6 +290,8 @@ def parse_args(argv=None):
                       help="benchmark SMoP (--smop-prompts x --smop-length) instead of --prompt")
   parser.add_argument("--compare-smop", action="store_true",
                       help="run both --prompt and SMoP and print their ratios")
+  parser.add_argument("--method", action="append", choices=METHODS, default=None,
+                      help="what trains (repeatable; default prompt, or smop with --smop)")
   parser.add_argument("--smop-prompts", type=int, default=4)
   parser.add_argument("--smop-length", type=int, default=5)
   args = parser.parse_args(argv)
@@ -279,16 +318,26 @@ def main(argv=None):
   frozen = param_utils.split(
       model_params.init_random(init_model, jax.random.PRNGKey(args.seed + 1),
                                model_params.dummy_batch(1, args.inputs, args.targets)),
-      trainer.DEFAULT_TRAINABLE)[1]
+      methods.TRAINABLE_PARAMS)[1]
 
   runs = []
-  if args.compare_smop or not args.smop:
-    runs.append(("prompt", plain, None))
-  if args.compare_smop or args.smop:
-    runs.append(("smop",) + smop_module(args.smop_prompts, args.smop_length))
+  if args.method and not args.compare_smop:
+    for name in args.method:
+      if name == "smop":
+        runs.append(("smop",) + smop_module(args.smop_prompts, args.smop_length)
+                    + (layers.IDENTITY,))
+      else:
+        module, sites = method_parts(name, args)
+        runs.append((name, module, None, sites))
+  else:
+    if args.compare_smop or not args.smop:
+      runs.append(("prompt", plain, None, layers.IDENTITY))
+    if args.compare_smop or args.smop:
+      runs.append(("smop",) + smop_module(args.smop_prompts, args.smop_length)
+                  + (layers.IDENTITY,))
   rows = []
-  for method, module, note in runs:
-    row = run_one(args, config, module, frozen, batch, method, note)
+  for method, module, note, sites in runs:
+    row = run_one(args, config, module, frozen, batch, method, note, sites)
     print(json.dumps(row), flush=True)
     rows.append(row)
   if args.compare_smop:

@@ -5,6 +5,7 @@ import gin
 import seqio
 
 from prompt_tuning import initializers  # pylint: disable=unused-import  (gin-configurable)
+from prompt_tuning import methods
 from prompt_tuning import models
 from prompt_tuning import optimizers  # pylint: disable=unused-import
 from prompt_tuning import partitioning  # pylint: disable=unused-import
@@ -16,6 +17,10 @@ gin.external_configurable(t5.T5Config, module="t5")
 gin.external_configurable(t5.Transformer, module="t5")
 gin.external_configurable(prompts.Prompt, module="prompts")
 gin.external_configurable(smop.SMoP, module="smop")
+gin.external_configurable(methods.Methods, module="methods")
+gin.external_configurable(methods.LoRAMethod, module="methods")
+gin.external_configurable(methods.PrefixMethod, module="methods")
+gin.external_configurable(methods.AdapterMethod, module="methods")
 gin.external_configurable(models.EncoderDecoderModel, module="models")
 gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")
 gin.external_configurable(seqio.ByteVocabulary, module="seqio")

@@ -7,7 +7,27 @@ created with logical axis names (`nn.with_logical_partitioning`) so that
 Numerics (see ../shared/T5X_FORMAT.md): no biases; RMS norm without mean
 subtraction, computed in float32; attention logits not scaled by
 sqrt(head_dim); softmax in float32; one relative position bias per stack.
+
+Parameter-efficient methods (prompt_tuning/methods.py) reach inside the layers
+through named sites, never through branches on a method's name: a `Sites`
+object, chosen by gin, answers for each site with a module factory or None
+(identity: nothing is created, so no parameter and the same computation):
+
+  projection(where)  a delta added to a projection's output, from its input
+                     (LoRA); where = '{stack}/{sublayer}/{query,key,value,out,
+                     wi,wi_0,wi_1,wo}', e.g. 'decoder/encoder_decoder_attention/value'
+  prefix(where)      key/value rows prepended to an attention's keys and values
+                     (prefix tuning); where = '{stack}/{sublayer}'
+  adapter(where)     a module `(sublayer input, sublayer output) -> output`
+                     applied before the residual sum (sequential and parallel
+                     adapters); where = '{stack}/{sublayer}'
+
+with stack 'encoder' or 'decoder' and sublayer 'attention' (encoder),
+'self_attention', 'encoder_decoder_attention' (decoder) or 'mlp'. The sites'
+modules live under the layer's own names (`.../attention/query/lora/a`), so the
+frozen model's T5X names are unchanged.
 """
+import dataclasses
 import functools
 import math
 from typing import Callable, Optional
@@ -22,6 +42,26 @@ NEG_INF = -1e10  # T5X's mask bias value.
 
 # Default kernel initialiser of T5X (variance scaling, fan-in, truncated normal).
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sites:
+  """Fills the layers' named sites; this base fills none (the plain model)."""
+
+  def projection(self, where: str) -> Optional[Callable[[], nn.Module]]:
+    del where
+    return None
+
+  def prefix(self, where: str) -> Optional[Callable[[], nn.Module]]:
+    del where
+    return None
+
+  def adapter(self, where: str) -> Optional[Callable[[], nn.Module]]:
+    del where
+    return None
+
+
+IDENTITY = Sites()
 
 
 def _param(module, name, init, shape, axes, dtype=jnp.float32):
@@ -42,18 +82,25 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-  """A bias-free projection whose kernel is stored [in, out] as in T5X."""
+  """A bias-free projection whose kernel is stored [in, out] as in T5X.
+
+  `delta` (a site, see `Sites.projection`): a module factory whose module maps
+  (x, deterministic) to a [..., features] term added to the output.
+  """
   features: int
   kernel_axes: tuple
   dtype: jnp.dtype = jnp.float32
   kernel_init: Callable = default_kernel_init
+  delta: Optional[Callable[[], nn.Module]] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic=True):
     kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
                     self.kernel_axes)
-    return jnp.einsum("...i,io->...o", jnp.asarray(x, self.dtype),
-                      jnp.asarray(kernel, self.dtype))
+    y = jnp.einsum("...i,io->...o", jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+    if self.delta is not None:
+      y = y + jnp.asarray(self.delta()(x, self.features, deterministic), self.dtype)
+    return y
 
 
 class Embed(nn.Module):
@@ -124,24 +171,41 @@ def attention_bias(mask, dtype):
 
 
 class MultiHeadAttention(nn.Module):
-  """T5 attention: q/k/v/out kernels stored flat as [emb, heads*head_dim]."""
+  """T5 attention: q/k/v/out kernels stored flat as [emb, heads*head_dim].
+
+  Sites (`sites`, at `where`, e.g. 'encoder/attention'): a delta on each of the
+  four projections, and a prefix: a module returning (key, value) rows
+  [l, heads*head_dim] prepended to every example's keys and values, which
+  every query sees (no position bias, never masked).
+  """
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  sites: Sites = IDENTITY
+  where: str = ""
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, bias, deterministic=True):
     inner = self.num_heads * self.head_dim
     emb = inputs_q.shape[-1]
+    delta = lambda name: self.sites.projection(f"{self.where}/{name}")
     # T5X folds 1/sqrt(head_dim) into the query initialisation.
-    dense = functools.partial(Dense, inner, ("embed", "joined_kv"), self.dtype)
-    query = dense(name="query", kernel_init=nn.initializers.variance_scaling(
-        1.0 / self.head_dim, "fan_in", "normal"))(inputs_q)
-    key = dense(name="key", kernel_init=nn.initializers.variance_scaling(
-        1.0, "fan_in", "normal"))(inputs_kv)
-    value = dense(name="value", kernel_init=nn.initializers.variance_scaling(
-        1.0, "fan_in", "normal"))(inputs_kv)
+    dense = lambda name, scale: Dense(
+        inner, ("embed", "joined_kv"), self.dtype, name=name, delta=delta(name),
+        kernel_init=nn.initializers.variance_scaling(scale, "fan_in", "normal"))
+    query = dense("query", 1.0 / self.head_dim)(inputs_q, deterministic)
+    key = dense("key", 1.0)(inputs_kv, deterministic)
+    value = dense("value", 1.0)(inputs_kv, deterministic)
+    prefix = self.sites.prefix(self.where)
+    if prefix is not None:
+      prefix_key, prefix_value = prefix()(inner)
+      rows = lambda p: jnp.broadcast_to(jnp.asarray(p, self.dtype)[None],
+                                        (key.shape[0],) + p.shape)
+      key = jnp.concatenate([rows(prefix_key), key], axis=1)
+      value = jnp.concatenate([rows(prefix_value), value], axis=1)
+      pad = [(0, 0)] * (bias.ndim - 1) + [(prefix_key.shape[0], 0)]
+      bias = jnp.pad(bias, pad)  # prefix positions: bias 0 (visible, no position)
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
     query, key, value = split(query), split(key), split(value)
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
@@ -151,8 +215,9 @@ class MultiHeadAttention(nn.Module):
       weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     out = out.reshape(out.shape[:-2] + (inner,))
-    return Dense(emb, ("joined_kv", "embed"), self.dtype, name="out",
-                 kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(out)
+    return Dense(emb, ("joined_kv", "embed"), self.dtype, name="out", delta=delta("out"),
+                 kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(
+                     out, deterministic)
 
 
 ACTIVATIONS = {
@@ -166,21 +231,30 @@ ACTIVATIONS = {
 
 
 class MlpBlock(nn.Module):
-  """T5 MLP. Gated (`wi_0`, `wi_1`) when two activations are given, else `wi`."""
+  """T5 MLP. Gated (`wi_0`, `wi_1`) when two activations are given, else `wi`.
+
+  Sites (`sites`, at `where`, e.g. 'decoder/mlp'): a delta on each projection.
+  """
   mlp_dim: int
   activations: tuple = ("gelu", "linear")
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  sites: Sites = IDENTITY
+  where: str = ""
 
   @nn.compact
   def __call__(self, x, deterministic=True):
     emb = x.shape[-1]
-    dense = functools.partial(Dense, self.mlp_dim, ("embed", "mlp"), self.dtype)
+    dense = lambda name, features, axes: Dense(
+        features, axes, self.dtype, name=name,
+        delta=self.sites.projection(f"{self.where}/{name}"))
     if len(self.activations) == 1:
-      h = ACTIVATIONS[self.activations[0]](dense(name="wi")(x))
+      h = ACTIVATIONS[self.activations[0]](
+          dense("wi", self.mlp_dim, ("embed", "mlp"))(x, deterministic))
     else:
       h = 1
       for i, act in enumerate(self.activations):
-        h = h * ACTIVATIONS[act](dense(name=f"wi_{i}")(x))
+        h = h * ACTIVATIONS[act](
+            dense(f"wi_{i}", self.mlp_dim, ("embed", "mlp"))(x, deterministic))
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-    return Dense(emb, ("mlp", "embed"), self.dtype, name="wo")(h)
+    return dense("wo", emb, ("mlp", "embed"))(h, deterministic)

@@ -9,6 +9,11 @@ Prompt tuning hooks in at one place: `Encoder` takes an optional prompt module
 returns them with the prompt prepended, plus the extended mask. Its parameters
 live under `encoder/prompt/...`, the path the authors' released checkpoints use
 (`encoder.prompt.prompt.npy`).
+
+The other parameter-efficient methods (prefix tuning, adapters, LoRA: see
+methods.py) fill the layers' named sites (`layers.Sites`): `Transformer.sites`
+is passed down to every attention, MLP and layer with the site's name; the
+default `layers.IDENTITY` fills none, so the plain model is unchanged.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
@@ -42,8 +47,18 @@ class T5Config:
     return jnp.dtype(self.dtype)
 
 
+def _sublayer(module, stack, name, sublayer, normed, *args, deterministic):
+  """A sublayer's output, through the adapter site `{stack}/{name}` (if filled)."""
+  y = sublayer(normed, *args, deterministic)
+  adapter = module.sites.adapter(f"{stack}/{name}")
+  if adapter is not None:
+    y = adapter()(normed, y, deterministic)
+  return y
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
+  sites: layers.Sites = layers.IDENTITY
 
   @nn.compact
   def __call__(self, x, bias, deterministic):
@@ -51,17 +66,21 @@ class EncoderLayer(nn.Module):
     dt = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = layers.RMSNorm(dtype=dt, name="pre_attention_layer_norm")(x)
-    y = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt,
-                                  name="attention")(y, y, bias, deterministic)
+    attention = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt,
+                                          self.sites, "encoder/attention", name="attention")
+    y = _sublayer(self, "encoder", "attention", lambda y, b, d: attention(y, y, b, d), y, bias,
+                  deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype=dt, name="pre_mlp_layer_norm")(x)
-    y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, dt,
-                        name="mlp")(y, deterministic)
+    mlp = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, dt,
+                          self.sites, "encoder/mlp", name="mlp")
+    y = _sublayer(self, "encoder", "mlp", mlp, y, deterministic=deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
+  sites: layers.Sites = layers.IDENTITY
 
   @nn.compact
   def __call__(self, x, encoded, self_bias, cross_bias, deterministic):
@@ -69,16 +88,22 @@ class DecoderLayer(nn.Module):
     dt = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = lambda name: layers.MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, name=name)
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, self.sites, f"decoder/{name}",
+        name=name)
     y = layers.RMSNorm(dtype=dt, name="pre_self_attention_layer_norm")(x)
-    y = attention("self_attention")(y, y, self_bias, deterministic)
+    self_attention = attention("self_attention")
+    y = _sublayer(self, "decoder", "self_attention", lambda y, b, d: self_attention(y, y, b, d),
+                  y, self_bias, deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype=dt, name="pre_cross_attention_layer_norm")(x)
-    y = attention("encoder_decoder_attention")(y, encoded, cross_bias, deterministic)
+    y = _sublayer(self, "decoder", "encoder_decoder_attention",
+                  attention("encoder_decoder_attention"), y, encoded, cross_bias,
+                  deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype=dt, name="pre_mlp_layer_norm")(x)
-    y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, dt,
-                        name="mlp")(y, deterministic)
+    mlp = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations), cfg.dropout_rate, dt,
+                          self.sites, "decoder/mlp", name="mlp")
+    y = _sublayer(self, "decoder", "mlp", mlp, y, deterministic=deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -90,6 +115,7 @@ class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   prompt: Optional[nn.Module] = None
+  sites: layers.Sites = layers.IDENTITY
 
   @nn.compact
   def __call__(self, input_tokens, deterministic=True):
@@ -107,7 +133,7 @@ class Encoder(nn.Module):
         cfg.num_heads, dt, name="relpos_bias")(length, length, bidirectional=True)
     bias = bias + layers.attention_bias(mask[:, None, None, :] & mask[:, None, :, None], dt)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+      x = EncoderLayer(cfg, self.sites, name=f"layers_{i}")(x, bias, deterministic)
     x = layers.RMSNorm(dtype=dt, name="encoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     return x, mask
@@ -117,6 +143,7 @@ class Decoder(nn.Module):
   """Teacher-forced decoder; returns float32 logits [b, T, vocab]."""
   config: T5Config
   shared_embedding: nn.Module
+  sites: layers.Sites = layers.IDENTITY
 
   @nn.compact
   def __call__(self, encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens=None,
@@ -139,8 +166,8 @@ class Decoder(nn.Module):
     x = self.shared_embedding(decoder_input_tokens)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
-                                               deterministic)
+      x = DecoderLayer(cfg, self.sites, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
+                                                           deterministic)
     x = layers.RMSNorm(dtype=dt, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -154,16 +181,18 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Encoder-decoder T5 with an optional prompt module in the encoder."""
+  """Encoder-decoder T5 with an optional prompt module in the encoder and the
+  layers' sites filled by `sites` (methods.py; default: none)."""
   config: T5Config
   prompt: Optional[Any] = None  # an unbound prompt module (cloned into the encoder)
+  sites: layers.Sites = layers.IDENTITY
 
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype)
     prompt = self.prompt.clone(name="prompt") if self.prompt is not None else None
-    self.encoder = Encoder(cfg, self.token_embedder, prompt)
-    self.decoder = Decoder(cfg, self.token_embedder)
+    self.encoder = Encoder(cfg, self.token_embedder, prompt, self.sites)
+    self.decoder = Decoder(cfg, self.token_embedder, self.sites)
 
   def encode(self, encoder_input_tokens, deterministic=True):
     return self.encoder(encoder_input_tokens, deterministic=deterministic)

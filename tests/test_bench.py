@@ -4,6 +4,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 import prompt_tuning
@@ -104,3 +105,16 @@ def test_smop_is_emulated_without_the_module(bench, monkeypatch):
   module, note = bench.smop_module(4, 5)
   assert note == "smop module not available; emulated with a 5-token prompt"
   assert module.length == 5
+
+
+def test_methods_print_their_trainable_counts(bench, capsys):
+  args = ["--size", "tiny", "--batch", "2", "--inputs", "16", "--targets", "4", "--steps", "1",
+          "--warmup", "0", "--method", "lora", "--method", "mam"]
+  lora, mam = bench.main(args)
+  # tiny: d 64, 4 heads x 16, mlp 128, 2 + 2 layers (6 attentions, 4 MLPs).
+  assert lora["method"] == "lora" and lora["trainable_params"] == 6 * 2 * 8 * (64 + 64)
+  assert mam["trainable_params"] == 6 * 2 * 30 * 64 + 4 * 2 * 512 * 64
+  assert lora["frozen_params"] == mam["frozen_params"] > 0
+  assert lora["model_flops_per_step"] is None and lora["step_s"] > 0
+  assert lora["prompt"] == 0 and np.isfinite(mam["loss"])
+  assert len(capsys.readouterr().out.strip().splitlines()) == 2
