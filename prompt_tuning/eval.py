@@ -5,6 +5,8 @@ prompt from PROMPT_FILE (a .npy, or a numpy checkpoint folder holding every
 trainable parameter) or else the latest numpy checkpoint in MODEL_DIR.
 Results: EVAL_OUTPUT_DIR (default MODEL_DIR/inference_eval) via seqio's
 JSONLogger and TensorBoardLogger. The job itself is `evaluation.evaluate`.
+PROMPT_FILES (a list of prompts) evaluates them as an ensemble in one batched
+pass: each member's results and the majority vote's (`prompt_tuning.ensemble`).
 
     pt-eval --gin_file=models/t5_1_1_base_prompt.gin --gin_file=runs/prompt_eval.gin \
             --gin.CHECKPOINT_PATH="'gs://...'" --gin.PROMPT_FILE="'.../encoder.prompt.prompt.npy'" ...

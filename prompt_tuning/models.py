@@ -79,31 +79,51 @@ class EncoderDecoderModel:
     return self.module.apply({"params": params}, encoded, encoder_mask, decoder_input_tokens,
                              decoder_target_tokens, method=t5.Transformer.decode)
 
-  def predict_batch(self, params, batch, max_decode_length: Optional[int] = None):
-    """Greedy decoding: token ids [b, max_decode_length], EOS-terminated.
+  def sequence_log_likelihood(self, params, encoded, encoder_mask, targets,
+                              decoder_input_tokens=None):
+    """Sum of the log-likelihoods of `targets` [b, T] (zero-padded) given the
+    encoder outputs [b]; the decoder inputs default to the targets shifted right."""
+    if decoder_input_tokens is None:
+      decoder_input_tokens = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # start id 0
+    logits = self.decode_logits(params, encoded, encoder_mask, decoder_input_tokens, targets)
+    ll = losses.token_log_likelihoods(logits, targets)
+    return jnp.sum(ll * (targets > 0), axis=-1)
 
-    The encoder (with the prompt) runs once; each step re-runs the decoder
-    over the prefix (no key/value cache), which is cheap for the short targets
-    of classification tasks. Stops early once every row has produced EOS.
+  def greedy_decode(self, params, encoded, encoder_mask, length: int, done=None):
+    """Greedy decoding from encoder outputs: (token ids [b, length], their summed
+    log-likelihood [b]), EOS-terminated and zero after EOS.
+
+    Each step re-runs the decoder over the prefix (no key/value cache), which
+    is cheap for the short targets of classification tasks, and the loop stops
+    once every row has produced EOS. Rows with `done` [b] set from the start
+    (padding, rows scored otherwise) stay zero and do not hold the loop.
     """
-    inputs = batch["encoder_input_tokens"]
-    length = max_decode_length or batch["decoder_target_tokens"].shape[1]
-    encoded, mask = self.encode(params, inputs)
-    batch_size = inputs.shape[0]
+    batch_size = encoded.shape[0]
     tokens = jnp.zeros((batch_size, length + 1), jnp.int32)  # column 0: start id 0
-    done = jnp.zeros((batch_size,), bool)
+    done = jnp.zeros((batch_size,), bool) if done is None else jnp.asarray(done, bool)
+    score = jnp.zeros((batch_size,), jnp.float32)
 
     def cond(state):
-      step, _, done = state
+      step, _, done, _ = state
       return (step < length) & ~jnp.all(done)
 
     def body(state):
-      step, tokens, done = state
-      logits = self.decode_logits(params, encoded, mask, tokens[:, :-1])
-      next_token = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, step, 1, False), -1)
-      next_token = jnp.where(done, 0, next_token).astype(jnp.int32)
+      step, tokens, done, score = state
+      logits = self.decode_logits(params, encoded, encoder_mask, tokens[:, :-1])
+      logits = jax.lax.dynamic_index_in_dim(logits, step, 1, False)
+      next_token = jnp.where(done, 0, jnp.argmax(logits, -1)).astype(jnp.int32)
+      ll = losses.token_log_likelihoods(logits, next_token)
       tokens = jax.lax.dynamic_update_index_in_dim(tokens, next_token, step + 1, 1)
-      return step + 1, tokens, done | (next_token == EOS_ID)
+      return step + 1, tokens, done | (next_token == EOS_ID), score + jnp.where(done, 0.0, ll)
 
-    _, tokens, _ = jax.lax.while_loop(cond, body, (0, tokens, done))
-    return tokens[:, 1:]
+    _, tokens, _, score = jax.lax.while_loop(cond, body, (0, tokens, done, score))
+    return tokens[:, 1:], score
+
+  def predict_batch(self, params, batch, max_decode_length: Optional[int] = None):
+    """Greedy decoding: token ids [b, max_decode_length], EOS-terminated.
+
+    The encoder (with the prompt) runs once, then `greedy_decode`.
+    """
+    length = max_decode_length or batch["decoder_target_tokens"].shape[1]
+    encoded, mask = self.encode(params, batch["encoder_input_tokens"])
+    return self.greedy_decode(params, encoded, mask, length)[0]
