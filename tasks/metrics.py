@@ -1,4 +1,4 @@
-"""(Super)GLUE metrics, equal to the official scorers, in percent (x100).
+"""(Super)GLUE and SQuAD metrics, equal to the official scorers, in percent (x100).
 
 Every metric has the seqio signature `metric(targets, predictions) -> dict`,
 takes the outputs of `postprocessors` and never raises on bad predictions: a
@@ -218,6 +218,24 @@ def squad_em_f1(gold_answers: Sequence[Sequence[str]],
   if not em:
     return {"em": 0.0, "f1": 0.0}
   return {"em": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
+
+
+def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]):
+  """SQuAD v1.1 (and MRQA): {'em', 'f1'} as the official evaluate-v1.1.py.
+
+  Each prediction and gold answer is normalised (lowercased; punctuation,
+  the articles a/an/the and extra whitespace removed); exact match and token
+  F1 take the maximum over the example's gold answers; both are averaged over
+  examples and multiplied by 100.
+
+  Args:
+    targets: the gold answers of each example (postprocessors.qa).
+    predictions: the predicted answer texts.
+
+  Returns:
+    The metric dict.
+  """
+  return squad_em_f1(targets, predictions)
 
 
 def record_metrics(targets: Sequence[Mapping[str, Any]],

@@ -137,3 +137,20 @@ def axg(string_label: Any, example: Optional[Mapping[str, Any]] = None,
   if is_target:
     result["idx"] = _as_int(example["idx"])
   return result
+
+
+def qa(answer: Any, example: Optional[Mapping[str, Any]] = None,
+       is_target: bool = False):
+  """Extractive QA (T5's `qa`): predictions as text; targets all gold answers.
+
+  Args:
+    answer: the generated answer (or the target text).
+    example: the preprocessed example, with 'answers' (needed for targets).
+    is_target: whether this is the target.
+
+  Returns:
+    The predicted text, or for a target the list of gold answers.
+  """
+  if is_target:
+    return [as_text(a) for a in example["answers"]]
+  return as_text(answer)

@@ -12,6 +12,10 @@ TFDS `glue` / `super_glue` layout:
   none), every copy carrying all `answers` for evaluation.
 * `wsc_simple`: the pronoun marked with '*', the candidate referent as target.
 * `remove_first_text_token`: drops the leading task-name token ('taskless').
+* `squad`: extractive QA as T5's `squad` preprocessor, 'question: <q>
+  context: <c>' -> the first gold answer (SQuAD and the MRQA sets).
+* `rename_features`: features under other names (e.g. MRPC's sentences as
+  QQP's questions for the QQP <-> MRPC transfer tasks).
 """
 from typing import Mapping, Optional, Sequence
 
@@ -214,3 +218,73 @@ def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = "inputs"):
   ex[key] = tf.strings.regex_replace(x[key], r"^[^ ]* ", "",
                                      replace_global=False)
   return ex
+
+
+@seqio.map_over_dataset
+def rename_features(x: Mapping[str, tf.Tensor], names: Mapping[str, str]):
+  """The example with features renamed old -> new; the others kept.
+
+  E.g. names={'sentence1': 'question1', 'sentence2': 'question2'} writes an
+  MRPC example with QQP's feature names.
+
+  Args:
+    x: an example.
+    names: old name -> new name.
+
+  Returns:
+    The renamed example.
+  """
+  return {names.get(key, key): value for key, value in x.items()}
+
+
+def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
+  r"""Spaces around every non-word character, whitespace runs as one space (T5's).
+
+  T5's `_pad_punctuation` of its SQuAD task: the regex `(\W)` -> ` \1 `, where
+  RE2's `\W` is any character but ASCII letters, digits and '_' (so 'François'
+  becomes 'Fran ç ois', as in T5), then `\s+` -> ' '.
+
+  Args:
+    text: a string tensor (any shape).
+
+  Returns:
+    The padded text.
+  """
+  text = tf.strings.regex_replace(text, r"(\W)", r" \1 ")
+  return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+def _string_join(parts) -> tf.Tensor:
+  """Joined with spaces, whitespace runs collapsed (T5's `_string_join`)."""
+  return tf.strings.regex_replace(tf.strings.join(parts, separator=" "), r"\s+", " ")
+
+
+@seqio.map_over_dataset
+def squad(x: Mapping[str, tf.Tensor]):
+  """Extractive QA in T5's text-to-text format (T5's `squad` preprocessor).
+
+  E.g. {'id': 'q1', 'question': 'Who won?', 'context': 'The Broncos won.',
+  'answers': ['The Broncos', 'Broncos']} gives {'inputs': 'question: Who won ?
+  context: The Broncos won . ', 'targets': 'The Broncos', 'answers': ['The
+  Broncos', 'Broncos'], ...}: question, context and answers have their
+  punctuation padded (`pad_punctuation`), the target is the first answer ('' if
+  there is none) and every answer is kept for the metrics.
+
+  Args:
+    x: an example of `qa_data.FEATURES` (id, question, context, answers).
+
+  Returns:
+    {'inputs', 'targets', 'id', 'question', 'context', 'answers'}.
+  """
+  answers = pad_punctuation(x["answers"])
+  question = pad_punctuation(x["question"])
+  context = pad_punctuation(x["context"])
+  first = tf.concat([answers, tf.constant([""])], axis=0)[0]
+  return {
+      "inputs": _string_join(["question:", question, "context:", context]),
+      "targets": first,
+      "id": x["id"],
+      "question": question,
+      "context": context,
+      "answers": answers,
+  }

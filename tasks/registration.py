@@ -2,8 +2,9 @@
 
 Task modules register their tasks and mixtures through `add_task` and
 `add_mixture` when they are imported, with the current `Settings`: the
-vocabulary of the output features and the SuperGLUE folder of the data sources.
-`configure(vocabulary=..., superglue_data_dir=...)` changes the settings: it
+vocabulary of the output features and the data folders of the sources
+(SuperGLUE, SQuAD, MRQA). `configure(vocabulary=..., superglue_data_dir=...,
+squad_data_dir=..., mrqa_data_dir=...)` changes the settings: it
 re-registers every task and mixture registered here (same source recipe,
 preprocessors, postprocessor and metrics; class labels are kept by name in
 `labels`) whenever the settings differ from the registered ones. So a task
@@ -12,10 +13,12 @@ a run reads what its config says. pt-train and pt-eval call it through
 `data.configure_sources` with the run's VOCABULARY and SUPERGLUE_DATA_DIR.
 
 Defaults, used until `configure` is called and for its None arguments:
-`features.default_vocabulary()` (T5's model, or $PT_VOCABULARY_PATH) and
-`sources.default_superglue_data_dir()` ($SUPERGLUE_DATA_DIR, else TFDS). Those
-environment variables are user-facing defaults only, read when the defaults are
-computed; nothing in the package sets them.
+`features.default_vocabulary()` (T5's model, or $PT_VOCABULARY_PATH),
+`sources.default_superglue_data_dir()` ($SUPERGLUE_DATA_DIR, else TFDS), and
+likewise $SQUAD_DATA_DIR and $MRQA_DATA_DIR (else TFDS). Those environment
+variables are user-facing defaults only, read when the defaults are computed;
+nothing in the package sets them. (pt-train and pt-eval pass VOCABULARY and
+SUPERGLUE_DATA_DIR; the SQuAD and MRQA folders come from those defaults.)
 
 Tasks registered with their own `output_features`, and tasks registered
 directly with seqio (`demo`'s byte-level tasks), keep their vocabulary.
@@ -38,11 +41,18 @@ class Settings:
     vocabulary: the vocabulary of the 'inputs' and 'targets' features.
     superglue_data_dir: the unzipped official SuperGLUE release the SuperGLUE
       sources read, or None to read TFDS.
+    squad_data_dir: the folder with the official SQuAD v1.1 files
+      (train-v1.1.json, dev-v1.1.json) `squad_v110` reads, or None for TFDS.
+    mrqa_data_dir: the folder with the official MRQA 2019 files
+      (train/<Name>.jsonl.gz, dev/<Name>.jsonl.gz) the `mrqa_*` tasks read, or
+      None for TFDS.
   """
   # Compared with `==`: seqio's vocabularies compare by their arguments without
   # loading a model file; other vocabularies compare by identity.
   vocabulary: seqio.Vocabulary
   superglue_data_dir: Optional[str] = None
+  squad_data_dir: Optional[str] = None
+  mrqa_data_dir: Optional[str] = None
 
 
 # A data source, or a function building one from the settings (e.g. a SuperGLUE
@@ -66,14 +76,25 @@ _MIXTURES: dict[str, tuple[Any, ...]] = {}
 _settings: Optional[Settings] = None
 
 
+def _folder(value, default: Optional[str]) -> Optional[str]:
+  value = os.fspath(value) if value else None
+  return value or default
+
+
 def resolve(vocabulary: Optional[seqio.Vocabulary] = None,
-            superglue_data_dir: Optional[Union[str, os.PathLike]] = None) -> Settings:
+            superglue_data_dir: Optional[Union[str, os.PathLike]] = None,
+            squad_data_dir: Optional[Union[str, os.PathLike]] = None,
+            mrqa_data_dir: Optional[Union[str, os.PathLike]] = None) -> Settings:
   """The settings for these arguments, with the defaults filled in.
 
   Args:
     vocabulary: a seqio.Vocabulary; None for `features.default_vocabulary()`.
     superglue_data_dir: the unzipped official SuperGLUE release; None (or '')
       for `sources.default_superglue_data_dir()`.
+    squad_data_dir: the SQuAD v1.1 folder; None (or '') for
+      `sources.default_squad_data_dir()`.
+    mrqa_data_dir: the MRQA 2019 folder; None (or '') for
+      `sources.default_mrqa_data_dir()`.
 
   Returns:
     The resolved Settings.
@@ -85,9 +106,11 @@ def resolve(vocabulary: Optional[seqio.Vocabulary] = None,
     vocabulary = features.default_vocabulary()
   elif not isinstance(vocabulary, seqio.Vocabulary):
     raise ValueError(f"VOCABULARY must be a seqio.Vocabulary, got {vocabulary!r}")
-  data_dir = os.fspath(superglue_data_dir) if superglue_data_dir else None
-  return Settings(vocabulary=vocabulary,
-                  superglue_data_dir=data_dir or sources.default_superglue_data_dir())
+  return Settings(
+      vocabulary=vocabulary,
+      superglue_data_dir=_folder(superglue_data_dir, sources.default_superglue_data_dir()),
+      squad_data_dir=_folder(squad_data_dir, sources.default_squad_data_dir()),
+      mrqa_data_dir=_folder(mrqa_data_dir, sources.default_mrqa_data_dir()))
 
 
 def settings() -> Settings:
@@ -99,7 +122,9 @@ def settings() -> Settings:
 
 
 def configure(vocabulary: Optional[seqio.Vocabulary] = None,
-              superglue_data_dir: Optional[Union[str, os.PathLike]] = None) -> Settings:
+              superglue_data_dir: Optional[Union[str, os.PathLike]] = None,
+              squad_data_dir: Optional[Union[str, os.PathLike]] = None,
+              mrqa_data_dir: Optional[Union[str, os.PathLike]] = None) -> Settings:
   """Registers every task and mixture of `add_task` / `add_mixture` with these settings.
 
   The latest call wins; None arguments mean the defaults (see `resolve`), so
@@ -109,6 +134,8 @@ def configure(vocabulary: Optional[seqio.Vocabulary] = None,
   Args:
     vocabulary: the vocabulary of the tasks' 'inputs' and 'targets' features.
     superglue_data_dir: the unzipped official SuperGLUE release to read.
+    squad_data_dir: the folder of the official SQuAD v1.1 JSON files to read.
+    mrqa_data_dir: the folder of the official MRQA 2019 JSONL files to read.
 
   Returns:
     The settings now in effect.
@@ -119,14 +146,14 @@ def configure(vocabulary: Optional[seqio.Vocabulary] = None,
       it would keep the old tasks (nothing is changed then).
   """
   global _settings
-  new = resolve(vocabulary, superglue_data_dir)
+  new = resolve(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
   if new == settings():
     return _settings
   stale = _outside_mixtures()
   if stale:
     raise ValueError(
         f"seqio mixtures {stale} hold tasks of prompt_tuning.tasks and would keep "
-        "their old vocabulary / SuperGLUE folder: register them with "
+        "their old vocabulary / data folders: register them with "
         "prompt_tuning.tasks.registration.add_mixture (which follows the configuration) "
         "or after it is configured (in MIXTURE_OR_TASK_MODULE)")
   _settings = new

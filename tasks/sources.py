@@ -5,7 +5,8 @@ official SuperGLUE release (JSONL) in the folder given as its `data_dir`. Both
 give identical examples (see `superglue_jsonl`). The shipped tasks pass the
 configured folder (`registration.configure`, i.e. SUPERGLUE_DATA_DIR in gin);
 the `SUPERGLUE_DATA_DIR` environment variable is only the user-facing default
-of that configuration (`default_superglue_data_dir`).
+of that configuration (`default_superglue_data_dir`); likewise `SQUAD_DATA_DIR`
+and `MRQA_DATA_DIR` for the question-answering sources of `qa_data`.
 
 `PreparedTfdsSource` is a TfdsDataSource that never tries to download: when the
 TFDS dataset is not prepared it raises an error that says how to prepare it.
@@ -20,6 +21,8 @@ import tensorflow_datasets as tfds
 from prompt_tuning.tasks import superglue_jsonl
 
 SUPERGLUE_DATA_DIR_ENV = "SUPERGLUE_DATA_DIR"
+SQUAD_DATA_DIR_ENV = "SQUAD_DATA_DIR"
+MRQA_DATA_DIR_ENV = "MRQA_DATA_DIR"
 SUPERGLUE_TFDS_VERSION = "1.0.2"
 # How a user points the tasks at the release, for error messages.
 _SET_DATA_DIR = (f"--gin.SUPERGLUE_DATA_DIR (or ${SUPERGLUE_DATA_DIR_ENV}, or "
@@ -31,16 +34,29 @@ def default_superglue_data_dir() -> Optional[str]:
   return os.environ.get(SUPERGLUE_DATA_DIR_ENV) or None
 
 
+def default_squad_data_dir() -> Optional[str]:
+  """The user's default SQuAD v1.1 folder (train-v1.1.json, dev-v1.1.json):
+  $SQUAD_DATA_DIR, else None (TFDS)."""
+  return os.environ.get(SQUAD_DATA_DIR_ENV) or None
+
+
+def default_mrqa_data_dir() -> Optional[str]:
+  """The user's default MRQA 2019 folder (train/*.jsonl.gz, dev/*.jsonl.gz):
+  $MRQA_DATA_DIR, else None (TFDS)."""
+  return os.environ.get(MRQA_DATA_DIR_ENV) or None
+
+
 class PreparedTfdsSource(seqio.TfdsDataSource):
   """A TfdsDataSource that raises a clear error instead of downloading."""
 
-  def __init__(self, tfds_name: str, splits: Sequence[str],
+  def __init__(self, tfds_name: str, splits: Union[Sequence[str], Mapping[str, str]],
                tfds_data_dir: Optional[str] = None, hint: str = ""):
     """Constructor.
 
     Args:
       tfds_name: e.g. 'glue/sst2:2.0.0'.
-      splits: the split names.
+      splits: the split names, or a mapping from the names the source
+        exposes to the TFDS split names (e.g. {'validation': 'test'}).
       tfds_data_dir: optional TFDS data dir (else seqio's override / TFDS's).
       hint: appended to the error raised when the dataset is not prepared.
     """
