@@ -56,12 +56,14 @@ setuptools.setup(
         "tensorflow-datasets",
         "tensorstore>=0.1.60",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
             "pt-train=prompt_tuning.train:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-sweep=prompt_tuning.sweep:console_main",
+            "pt-neighbors=prompt_tuning.neighbors:console_main",
+            "pt-infer=prompt_tuning.infer:console_main",
         ]
     },
 )

@@ -318,6 +318,24 @@ def load_step(path) -> int:
     raise CheckpointError(f"Checkpoint {path} has no optimizer/state/step") from None
 
 
+# The parameter whose shape tells a model's size best, shown first when it differs.
+_TELLING = "token_embedder/embedding"
+
+
+def _mismatch_message(directory: str, problems: Mapping[str, str], total: int) -> str:
+  """One line for {name: what differs}: the count, two examples, the likely fix."""
+  shown = ([_TELLING] if _TELLING in problems else []) + sorted(
+      n for n in problems if n != _TELLING)
+  lead = ""
+  if len(problems) > 1:
+    lead = (f"{len(problems)} of the model's {total} parameters differ"
+            f"{', e.g.' if len(problems) > 2 else ':'} ")
+  examples = "; ".join(problems[n] for n in shown[:2])
+  return (f"Checkpoint {directory} does not match the model: {lead}{examples}. The model gin "
+          "files (size, architecture) are not the checkpoint's: use the models/*.gin of its "
+          "model")
+
+
 def load_params(path, names=None, *, expected_shapes=None, dtype=None) -> dict:
   """Reads the requested `target` params into a nested dict of np.ndarray.
 
@@ -338,18 +356,17 @@ def load_params(path, names=None, *, expected_shapes=None, dtype=None) -> dict:
   expected = {k: tuple(v) for k, v in (expected_shapes or {}).items()}
   if names is None:
     names = list(expected) if expected_shapes is not None else list(flat)
-  problems = []
+  problems = {}
   for name in names:
     want = expected.get(name)
     if name not in flat:
-      problems.append(f"missing {name}"
-                      + (f" (expected {list(want)})" if want is not None else ""))
+      problems[name] = (f"missing {name}"
+                        + (f" (expected {list(want)})" if want is not None else ""))
     elif want is not None and infos[name][0] != want:
-      problems.append(f"{name} has shape {list(infos[name][0])}, "
-                      f"model expects {list(want)}")
+      problems[name] = (f"{name} has shape {list(infos[name][0])}, "
+                        f"model expects {list(want)}")
   if problems:
-    raise CheckpointError(f"Checkpoint {directory} does not match the model: "
-                          + "; ".join(problems))
+    raise CheckpointError(_mismatch_message(directory, problems, len(names)))
 
   # Issue every zarr open, then every read, and only then wait. Every damaged
   # parameter is collected, so one error reports them all.

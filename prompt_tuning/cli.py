@@ -24,9 +24,13 @@ FLAGS = flags.FLAGS
 
 def user_errors():
   """Exception types that mean bad input (printed as one line, no traceback)."""
-  from prompt_tuning import checkpoints, data, gin_utils, initializers, run_lock, trainer  # pylint: disable=g-import-not-at-top
-  return (checkpoints.CheckpointError, data.DataError, gin_utils.ConfigError,
-          initializers.PromptInitError, trainer.TrainError, run_lock.LockError)
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import checkpoints, data, evaluation, file_utils, gin_utils
+  from prompt_tuning import initializers, methods, run_lock, trainer
+  # pylint: enable=g-import-not-at-top
+  return (checkpoints.CheckpointError, data.DataError, evaluation.EvalError,
+          file_utils.DiskFullError, gin_utils.ConfigError, initializers.PromptInitError,
+          methods.MethodError, trainer.TrainError, run_lock.LockError)
 
 
 def setup():
@@ -71,6 +75,21 @@ def initialize_distributed(coordinator_address, num_processes, process_id):
     raise gin_utils.ConfigError(f"jax.distributed.initialize failed: {_first_line(e)}") from None
 
 
+def os_error_message(e: OSError) -> str:
+  """One line for an OSError that no check caught (a full disk, a permission):
+  its own words, which name the file."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  text = _first_line(e)
+  code = e.errno  # None on gin's proxy of an error raised in a configurable: read the text
+  if code is None:
+    match = re.match(r"\[Errno (\d+)\]", text)
+    code = int(match.group(1)) if match else None
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    return f"disk full: {text}"
+  return text
+
+
 def _first_line(e):
   text = str(e).strip()
   return text.splitlines()[0] if text else type(e).__name__
@@ -112,6 +131,10 @@ def run(main_fn, prog):
     except user_errors() as e:
       logging.debug("error", exc_info=True)
       sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
+      sys.exit(1)
+    except OSError as e:  # the machine's, not the program's: a full disk, a permission
+      logging.debug("error", exc_info=True)
+      sys.stderr.write(f"{prog}: error: {os_error_message(e)}\n")
       sys.exit(1)
     except (ValueError, RuntimeError, TypeError) as e:
       message = required_binding_message(e)

@@ -7,6 +7,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import partitioning
+from prompt_tuning.tasks import features
 from prompt_tuning.tasks import registration
 
 
@@ -15,21 +16,25 @@ class DataError(ValueError):
 
 
 def configure_sources(vocabulary=None,
-                      superglue_data_dir: Optional[str] = None) -> registration.Settings:
-  """Points the shipped tasks (prompt_tuning.tasks) at the run's vocabulary and SuperGLUE data.
+                      superglue_data_dir: Optional[str] = None,
+                      squad_data_dir: Optional[str] = None,
+                      mrqa_data_dir: Optional[str] = None) -> registration.Settings:
+  """Points the shipped tasks (prompt_tuning.tasks) at the run's vocabulary and data.
 
-  Passes the run's VOCABULARY and SUPERGLUE_DATA_DIR to
-  `prompt_tuning.tasks.registration.configure`, which registers the shipped
+  Passes the run's VOCABULARY and SUPERGLUE_DATA_DIR (and SQuAD / MRQA folders)
+  to `prompt_tuning.tasks.registration.configure`, which registers the shipped
   tasks and mixtures again with them: task modules imported before this call
   follow it as well as those imported after, and the latest call wins. None
   means the user's default ($PT_VOCABULARY_PATH or T5's vocabulary;
-  $SUPERGLUE_DATA_DIR, else TFDS). Sets no environment variable.
+  $SUPERGLUE_DATA_DIR, $SQUAD_DATA_DIR, $MRQA_DATA_DIR, else TFDS). Sets no
+  environment variable.
 
   Returns:
     The `registration.Settings` now in effect.
   """
   try:
-    return registration.configure(vocabulary=vocabulary, superglue_data_dir=superglue_data_dir)
+    return registration.configure(vocabulary=vocabulary, superglue_data_dir=superglue_data_dir,
+                                  squad_data_dir=squad_data_dir, mrqa_data_dir=mrqa_data_dir)
   except ValueError as e:
     raise DataError(str(e)) from None
 
@@ -53,6 +58,22 @@ def get_task(name: str):
         f"unknown task or mixture {name!r}: register it in a module and name that module "
         "with --gin.MIXTURE_OR_TASK_MODULE=\"'my.tasks'\" (e.g. prompt_tuning.tasks.super_glue)"
     ) from None
+
+
+def check_vocabularies(mixture_or_task_name: str) -> None:
+  """DataError naming the file when a vocabulary of the task (or of a task of the
+  mixture) cannot be loaded: a missing file, one that is not a SentencePiece
+  model, or a gs:// one that cannot be reached. Only the vocabularies the run's
+  tasks use are loaded."""
+  seen = set()
+  for task in seqio.get_subtasks(get_task(mixture_or_task_name)):
+    for feature in task.output_features.values():
+      if id(feature.vocabulary) in seen:
+        continue
+      seen.add(id(feature.vocabulary))
+      problem = features.vocabulary_problem(feature.vocabulary)
+      if problem:
+        raise DataError(problem)
 
 
 def feature_converter():

@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from prompt_tuning import data
 from prompt_tuning import file_utils
+from prompt_tuning import gin_utils
 from prompt_tuning import initializers
 from prompt_tuning import losses
 from prompt_tuning import model_params
@@ -39,6 +41,10 @@ EOS_ID = 1
 from prompt_tuning import smop
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+class EvalError(ValueError):
+  """Evaluation that cannot run as configured (split, output folder, ...); says what to fix."""
 
 
 def batches(ds, batch_size, mesh=None):
@@ -195,20 +201,46 @@ class ModelFns:
     return [(i, float(score)) for i, score in self._run(self._score, ds)]
 
 
+def check_split(mixture_or_task_name: str, split: str, *, setting: str = "EVAL_SPLIT",
+                error=EvalError, hint: str = "", need_metrics: bool = False) -> None:
+  """`error` unless some task of the task or mixture has the split (and, with
+  need_metrics, metrics to compute on it); the message names the `setting`,
+  lists the splits and ends with `hint`, what to set instead."""
+  tasks = seqio.get_subtasks(data.get_task(mixture_or_task_name))
+  if not any(split in task.splits for task in tasks):
+    splits = sorted({s for task in tasks for s in task.splits})
+    raise error(f"{setting} {split!r} is not a split of {mixture_or_task_name} (its splits: "
+                f"{', '.join(splits) or 'none'})" + (f": {hint}" if hint else ""))
+  if need_metrics and not seqio.evaluation.get_valid_eval_tasks(tasks, split):
+    raise error(f"nothing to evaluate: no task of {mixture_or_task_name} has metrics "
+                f"(metric_fns) for its {split!r} split")
+
+
 def make_evaluator(model, mixture_or_task_name, task_feature_lengths, split, log_dir,
-                   batch_size, use_cached, mesh):
-  """A seqio.Evaluator (None, with a warning, if no task of it has metrics)."""
+                   batch_size, use_cached, mesh, make_log_dir=True):
+  """A seqio.Evaluator (None, with a warning, if no task of it has metrics).
+
+  Reads every task's `split` (seqio caches it), so a split that cannot be read
+  fails here, as EvalError. The evaluator's loggers write nothing until it runs;
+  make_log_dir=False leaves `log_dir` for the caller to create before then.
+  """
   del model, batch_size, mesh
   data.get_task(mixture_or_task_name)
   # Every process computes the metrics (from the gathered outputs); process 0 writes them.
   writes = jax.process_index() == 0
-  if writes:
+  try:
+    evaluator = seqio.Evaluator(
+        mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=split,
+        use_cached=use_cached, sequence_length=dict(task_feature_lengths),
+        logger_cls=[seqio.JSONLogger, seqio.TensorBoardLogger] if writes else (),
+        log_dir=log_dir, async_compute_metrics=False)
+  except (ValueError, KeyError, FileNotFoundError, tf.errors.OpError) as e:
+    text = str(e).strip()
+    message = text.splitlines()[0] if text else type(e).__name__
+    raise EvalError(f"cannot read split {split!r} of {mixture_or_task_name!r} for "
+                    f"evaluation: {message}") from None
+  if writes and make_log_dir:
     file_utils.makedirs(log_dir)
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=split,
-      use_cached=use_cached, sequence_length=dict(task_feature_lengths),
-      logger_cls=[seqio.JSONLogger, seqio.TensorBoardLogger] if writes else (), log_dir=log_dir,
-      async_compute_metrics=False)
   if not evaluator.eval_tasks:
     logging.warning("%s has no task with metrics on split %r: evaluation is skipped",
                     mixture_or_task_name, split)
@@ -331,7 +363,11 @@ def _step_of(path: str) -> int:
 def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Optional[str]):
   """(trainable params, step, where) from PROMPT_FILE or MODEL_DIR's latest checkpoint."""
   names = param_utils.shapes(abstract_trainable)
-  if prompt_file and not prompt_file.endswith(".npy"):
+  if prompt_file and not file_utils.exists(prompt_file):
+    raise initializers.PromptInitError(
+        f"PROMPT_FILE {prompt_file} does not exist: give a .npy prompt or a numpy checkpoint "
+        "folder")
+  if prompt_file and not prompt_file.endswith(".npy") and file_utils.isdir(prompt_file):
     directory = prompt_file  # a numpy checkpoint folder
   elif prompt_file:
     if len(names) != 1:
@@ -361,10 +397,16 @@ def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Op
         f"{directory} lacks {', '.join(numpy_checkpoints.param_filename(n) for n in missing)}")
   params = numpy_checkpoints.load_params(directory, names)
   for name, value in param_utils.flatten(params).items():
-    if tuple(value.shape) != tuple(names[name]):
+    got, want = tuple(value.shape), tuple(names[name])
+    if got and want and got[-1] != want[-1]:
       raise initializers.PromptInitError(
-          f"{directory}: {name} has shape {list(value.shape)}, the model expects "
-          f"{list(names[name])} (check PROMPT_LENGTH and EMBED_DIM)")
+          f"{directory}: {name} has embedding size {got[-1]} (shape {list(got)}) but this "
+          f"model's EMBED_DIM is {want[-1]} ({list(want)}): it was made for another model "
+          "size; use the model gin file of its size, or a prompt trained for this model")
+    if got != want:
+      raise initializers.PromptInitError(
+          f"{directory}: {name} has shape {list(got)}, the model expects "
+          f"{list(want)} (check PROMPT_LENGTH)")
   return params, _step_of(directory), directory
 
 
@@ -386,23 +428,49 @@ def evaluate(*,
              mesh_fn=partitioning.make_mesh,
              decoding: str = "auto",
              vocabulary=None,
-             superglue_data_dir: Optional[str] = None):
-  """Evaluates and returns {task: {metric: value}}."""
-  data.configure_sources(vocabulary, superglue_data_dir)
-  data.import_task_modules(mixture_or_task_module)
-  data.get_task(mixture_or_task_name)
+             superglue_data_dir: Optional[str] = None,
+             prompt_files: Optional[Sequence[str]] = None):
+  """Evaluates and returns {task: {metric: value}}.
+
+  With PROMPT_FILES (several prompts), evaluates them as an ensemble in one
+  batched pass (prompt_tuning.ensemble) and returns {member_i or 'ensemble':
+  {task: {metric: value}}}.
+  """
+  # Every setting is checked, and the prompt, frozen model and evaluation data
+  # read, before anything is written.
+  gin_utils.check_int("BATCH_SIZE", batch_size, EvalError)
+  lengths = gin_utils.check_feature_lengths(task_feature_lengths, EvalError)
+  gin_utils.check_choice("EVAL_DECODING", decoding, DECODINGS, EvalError)
+  if not isinstance(split, str) or not split:
+    raise EvalError(f"EVAL_SPLIT must be a split name such as 'validation', got {split!r}")
   frozen_path = checkpoint_path or initial_checkpoint_path
   if not frozen_path:
     raise initializers.PromptInitError(
         "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
-  output_dir = eval_output_dir or (os.path.join(model_dir, "inference_eval") if model_dir else None)
-  if not output_dir:
-    raise initializers.PromptInitError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
+  if eval_output_dir:
+    output_dir = gin_utils.check_folder("EVAL_OUTPUT_DIR", eval_output_dir, EvalError)
+  elif model_dir:
+    output_dir = os.path.join(gin_utils.check_folder("MODEL_DIR", model_dir, EvalError),
+                              "inference_eval")
+  else:
+    raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
+  data.configure_sources(vocabulary, superglue_data_dir)
+  data.import_task_modules(mixture_or_task_module)
+  data.get_task(mixture_or_task_name)
+  data.check_vocabularies(mixture_or_task_name)
+  check_split(mixture_or_task_name, split, need_metrics=True,
+              hint="set --gin.EVAL_SPLIT to one of them")
   mesh = mesh_fn()
-  lengths = dict(task_feature_lengths)
   batch = model_params.dummy_batch(1, lengths["inputs"], lengths["targets"])
   abstract_trainable = param_utils.split(
       nn.unbox(model_params.abstract_params(model, batch)), trainable_params)[0]
+  if prompt_files is not None:
+    from prompt_tuning import ensemble  # pylint: disable=g-import-not-at-top
+    members = ensemble.load_members(abstract_trainable, model, prompt_file, prompt_files)
+    frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
+    evaluator = make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
+                               batch_size, use_cached_tasks, mesh)
+    return ensemble.run(evaluator, model, members, frozen, batch_size, mesh, decoding)
   trainable, step, source = load_trainable(abstract_trainable, prompt_file, model_dir)
   frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
   trainable = partitioning.replicate(mesh, trainable)

@@ -2,12 +2,26 @@
 
 Every file the runner writes into MODEL_DIR goes through here: it is written
 under a temporary name and renamed into place, so a crash never leaves a
-half-written file where a complete one is expected.
+half-written file where a complete one is expected. A full disk (or an
+exhausted quota) is reported as DiskFullError naming the file, and the
+partial temporary file is removed.
 """
+import errno
 import os
+from typing import Optional
 import uuid
 
 import numpy as np
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+  """No space left (disk full or quota exhausted) while writing; says where."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+  return isinstance(e, OSError) and e.errno in _NO_SPACE
 
 
 def _gfile():
@@ -23,11 +37,43 @@ def exists(path):
   return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
-def makedirs(path):
+def isdir(path):
+  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def folder_problem(path: str) -> Optional[str]:
+  """Why `path` cannot be used (or created) as a folder, or None.
+
+  Local paths only (a gs:// path is always usable as a folder): the path is
+  an existing file, or an existing ancestor of it is a file.
+  """
   if is_remote(path):
-    _gfile().makedirs(path)
-  else:
-    os.makedirs(path, exist_ok=True)
+    return None
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    return None if os.path.isdir(path) else f"{path} is a file, not a folder"
+  parent = os.path.dirname(path)
+  while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+    parent = os.path.dirname(parent)
+  if parent and os.path.exists(parent) and not os.path.isdir(parent):
+    return f"{path} cannot be created: {parent} is a file, not a folder"
+  return None
+
+
+def disk_full_error(path: str) -> DiskFullError:
+  return DiskFullError(f"disk full: no space left on the device to write {path}")
+
+
+def makedirs(path):
+  try:
+    if is_remote(path):
+      _gfile().makedirs(path)
+    else:
+      os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    if is_disk_full(e):
+      raise disk_full_error(path) from None
+    raise
 
 
 def listdir(path):
@@ -48,17 +94,33 @@ def rename(src, dst, overwrite=False):
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Writes `path` through a temporary sibling renamed into place.
+
+  Raises:
+    DiskFullError: no space was left; the temporary file is removed and `path`
+      is as it was.
+  """
   makedirs(os.path.dirname(path) or ".")
   tmp = temp_sibling(path)
-  if is_remote(path):
-    with _gfile().GFile(tmp, "wb") as f:
-      f.write(data)
-  else:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-  rename(tmp, path, overwrite=True)
+  try:
+    if is_remote(path):
+      with _gfile().GFile(tmp, "wb") as f:
+        f.write(data)
+    else:
+      with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    rename(tmp, path, overwrite=True)
+  except OSError as e:
+    if not is_disk_full(e):
+      raise
+    try:
+      if exists(tmp):
+        (_gfile().remove if is_remote(tmp) else os.remove)(tmp)
+    except OSError:
+      pass
+    raise disk_full_error(path) from None
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -8,10 +8,12 @@
   is an error rather than a silent no-op.
 """
 import logging
+import numbers
 import os
 import pathlib
 import re
-from typing import Iterable, Sequence
+import tokenize
+from typing import Iterable, Mapping, Optional, Sequence
 
 import gin
 import gin.config
@@ -100,22 +102,115 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
         close = sorted(m for m in used if _similar(m, name))
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"--gin.{name}: no config uses the macro {name}{hint}")
-    gin.parse_config_files_and_bindings(None, list(bindings), finalize_config=True)
+    # One binding at a time (as gin would parse them joined), so that an error
+    # names the binding it is in.
+    for binding in bindings:
+      try:
+        gin.parse_config(binding)
+      except (ValueError, SyntaxError, tokenize.TokenError) as e:
+        raise ConfigError(binding_error_message(binding, e)) from None
+    gin.finalize()
   except ConfigError:
     raise
   except (IOError, OSError) as e:
     raise ConfigError(f"gin: {e}. Gin files are looked up in --gin_search_paths and "
                       f"{package_gin_dir()}") from None
-  except (ValueError, TypeError, SyntaxError, KeyError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConfigError(f"gin config error: {first}") from None
+  except (ValueError, TypeError, SyntaxError, KeyError, tokenize.TokenError) as e:
+    raise ConfigError(f"gin config error: {_parse_error_reason(e)}") from None
   finally:
     logging.disable(logging.NOTSET)
+
+
+def _parse_error_reason(e: Exception, in_binding: bool = False) -> str:
+  """gin's reason, in one line (without its '(line 1)' when it is about one binding)."""
+  if isinstance(e, tokenize.TokenError):  # args: (message, (line, column))
+    message = str(e.args[0]) if e.args else ""
+    if "EOF" in message:
+      return "a bracket or a triple-quoted string is not closed"
+    return message or "cannot be tokenized"
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else type(e).__name__
+  return re.sub(r"\s*\(line \d+\)$", "", first) if in_binding else first
+
+
+# A bare word, dotted name or path: a string value that lacks its quotes.
+_UNQUOTED = re.compile(r"[A-Za-z_~./][\w./:~+-]*")
+
+
+def binding_error_message(binding: str, e: Exception) -> str:
+  """The one-line error for a --gin.NAME=VALUE (or --gin_bindings) gin cannot parse."""
+  reason = _parse_error_reason(e, in_binding=True)
+  name, equals, value = binding.partition("=")
+  name, value = name.strip(), value.strip()
+  if not equals or not re.fullmatch(r"[\w./]+", name):
+    return f"gin config error: --gin_bindings={binding.strip()!r}: {reason}"
+  flag = f"--gin.{name}={' '.join(value.split())}"
+  if not value:
+    return f"gin config error: --gin.{name} has no value: write --gin.{name}=VALUE"
+  if isinstance(e, ValueError):
+    # An unknown configurable or reference (@name, a.b.c = ...): gin's own words.
+    return f"gin config error: {flag}: {reason}"
+  if _UNQUOTED.fullmatch(value) and value not in ("True", "False", "None"):
+    return (f"gin config error: {flag}: {value} is not a gin value (a string needs quotes: "
+            f"--gin.{name}=\"'{value}'\")")
+  if value[0] in "'\"" and (len(value) == 1 or value[-1] != value[0]):
+    reason = f"its string lacks the closing {value[0]}"
+  return f"gin config error: {flag} is not a valid gin value ({reason})"
 
 
 def _similar(a: str, b: str) -> bool:
   a_parts, b_parts = set(a.split("_")), set(b.split("_"))
   return bool(a_parts & b_parts) or a.startswith(b[:4])
+
+
+# Checks of configured values, for pt-train and pt-eval to run before they
+# read data or write anything. `error` is the caller's exception class.
+
+
+def check_int(macro: str, value, error=ConfigError, *, minimum: Optional[int] = 1,
+              none_means: Optional[str] = None):
+  """`value` as an int, if it is an integer >= `minimum` (or None when
+  `none_means` says what None does); else `error` naming the macro."""
+  if value is None and none_means:
+    return None
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or (minimum is not None and value < minimum)):
+    what = ("an integer" if minimum is None else "a positive integer" if minimum == 1
+            else f"an integer >= {minimum}")
+    alternative = f", or None {none_means}" if none_means else ""
+    raise error(f"{macro} must be {what}{alternative}, got {value!r}")
+  return int(value)
+
+
+def check_feature_lengths(lengths, error=ConfigError) -> dict:
+  """TASK_FEATURE_LENGTHS as a dict, if it gives positive 'inputs' and 'targets' lengths."""
+  example = "e.g. {'inputs': 512, 'targets': 8}"
+  if not isinstance(lengths, Mapping):
+    raise error(f"TASK_FEATURE_LENGTHS must be a dict of lengths, {example}; got {lengths!r}")
+  missing = [k for k in ("inputs", "targets") if k not in lengths]
+  if missing:
+    raise error(f"TASK_FEATURE_LENGTHS lacks {' and '.join(map(repr, missing))}: give the "
+                f"length of both features, {example}")
+  for key, value in lengths.items():
+    check_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value, error)
+  return dict(lengths)
+
+
+def check_choice(macro: str, value, choices: Sequence, error=ConfigError):
+  if value not in choices:
+    raise error(f"{macro} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+  return value
+
+
+def check_folder(macro: str, path, error=ConfigError) -> str:
+  """`path`, if it names a folder that exists or can be created."""
+  from prompt_tuning import file_utils  # pylint: disable=g-import-not-at-top
+  if not isinstance(path, str) or not path.strip():
+    raise error(f"{macro} must be a folder path (a quoted string), got {path!r}")
+  problem = file_utils.folder_problem(path)
+  if problem:
+    raise error(f"{macro} {problem}: give a folder path")
+  return path
 
 
 def write_operative_config(model_dir: str, name: str = "config.gin") -> None:

@@ -15,6 +15,7 @@ prompt is a deterministic function of its seed.
 """
 import contextlib
 import functools
+import io
 import math
 from typing import Optional, Sequence
 
@@ -31,6 +32,7 @@ from prompt_tuning import file_utils
 # common tokens (Lester et al., 2021, sampled vocabulary initialisation).
 POPULATION_SIZE = 5000
 EMBEDDING_NAME = "token_embedder/embedding"
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 _SHAPES_ONLY = []
@@ -64,6 +66,14 @@ class PromptInitError(ValueError):
   """A prompt that cannot be initialised as asked; the message says why."""
 
 
+def check_positive(macro: str, value) -> int:
+  """`value` if it is a positive integer (a prompt's length, a prompt count),
+  else PromptInitError naming the macro: a 0-token prompt would train nothing."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise PromptInitError(f"{macro} must be a positive integer, got {value!r}")
+  return int(value)
+
+
 @gin.configurable
 def random_uniform(scale: float = 0.5):
   """Uniform in [-scale, scale] (the paper's random initialisation)."""
@@ -77,12 +87,47 @@ def _read_prompt_file(path: str) -> np.ndarray:
   if not path:
     raise PromptInitError("PROMPT_FILE is empty: give the path of a .npy prompt")
   if not file_utils.exists(path):
-    raise PromptInitError(f"PROMPT_FILE {path} does not exist")
+    raise PromptInitError(f"PROMPT_FILE {path} does not exist: give the path of a .npy prompt")
+  if file_utils.isdir(path):
+    raise PromptInitError(f"PROMPT_FILE {path} is a folder: give the .npy prompt file in it")
   try:
-    value = file_utils.load_npy(path)
-  except (ValueError, OSError) as e:
-    raise PromptInitError(f"PROMPT_FILE {path} is not a readable .npy file: {e}") from None
+    data = file_utils.read_bytes(path)
+  except OSError as e:
+    raise PromptInitError(f"PROMPT_FILE {path} cannot be read: {e}") from None
+  if not data.startswith(_NPY_MAGIC):
+    # numpy would suggest loading pickled data, which only misleads.
+    raise PromptInitError(f"PROMPT_FILE {path} is not a .npy file (no .npy header): give a "
+                          "prompt saved with numpy.save, e.g. a checkpoint's "
+                          "encoder.prompt.prompt.npy")
+  try:
+    value = np.load(io.BytesIO(data), allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    text = str(e).strip()
+    reason = text.splitlines()[0] if text else type(e).__name__
+    raise PromptInitError(f"PROMPT_FILE {path} is not a readable .npy file: {reason}") from None
+  if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+    raise PromptInitError(f"PROMPT_FILE {path} does not hold a numeric array "
+                          f"(dtype {getattr(value, 'dtype', type(value).__name__)})")
   return value
+
+
+def prompt_shape_problem(path: str, got, want) -> Optional[str]:
+  """Why a prompt of shape `got` (from `path`) does not fit the model's `want`
+  ([..., PROMPT_LENGTH, EMBED_DIM]), in one line; None when it fits."""
+  got, want = tuple(got), tuple(want)
+  if got == want:
+    return None
+  if got and want and got[-1] != want[-1]:
+    return (f"PROMPT_FILE {path} is a prompt of embedding size {got[-1]} (shape "
+            f"{list(got)}) but this model's EMBED_DIM is {want[-1]} (prompt {list(want)}): it "
+            "was made for another model size; use a prompt trained for this model, or the "
+            "model gin file of its size")
+  if len(got) == len(want):
+    return (f"PROMPT_FILE {path} has shape {list(got)} but the model's prompt is "
+            f"{list(want)} ([PROMPT_LENGTH, EMBED_DIM]): set --gin.PROMPT_LENGTH={got[-2]} "
+            "or use a prompt trained for this model")
+  return (f"PROMPT_FILE {path} has shape {list(got)} but the model's prompt is {list(want)}: "
+          "use a prompt trained for this model")
 
 
 def _check_finite(path: str, value: np.ndarray) -> np.ndarray:
@@ -94,11 +139,9 @@ def _check_finite(path: str, value: np.ndarray) -> np.ndarray:
 def load_prompt_file(path: str, shape) -> np.ndarray:
   """A .npy prompt of exactly `shape`, or one clear error."""
   value = _read_prompt_file(path)
-  if tuple(value.shape) != tuple(shape):
-    raise PromptInitError(
-        f"PROMPT_FILE {path} has shape {list(value.shape)} but the model's prompt is "
-        f"{list(shape)} ([PROMPT_LENGTH, EMBED_DIM]): set --gin.PROMPT_LENGTH={value.shape[0]} "
-        "or use a prompt trained for this model")
+  problem = prompt_shape_problem(path, value.shape, shape)
+  if problem:
+    raise PromptInitError(problem)
   return _check_finite(path, value)
 
 
@@ -115,6 +158,8 @@ def from_file(path: str = gin.REQUIRED):
     if len(shape) <= 2:
       return jnp.asarray(load_prompt_file(path, shape), dtype)
     value = _read_prompt_file(path)
+    if value.shape and value.shape[-1] != shape[-1]:
+      raise PromptInitError(prompt_shape_problem(path, value.shape, shape))
     if tuple(value.shape) not in (shape, shape[-2:]):
       raise PromptInitError(
           f"PROMPT_FILE {path} has shape {list(value.shape)} but the model's prompts are "
@@ -225,6 +270,10 @@ def sampled_vocab(checkpoint_path: Optional[str] = gin.REQUIRED,
 def _encode(vocabulary, text: str, what: str) -> list:
   if vocabulary is None:
     raise PromptInitError(f"{what} initialisation needs VOCABULARY to tokenise {text!r}")
+  from prompt_tuning.tasks import features  # pylint: disable=g-import-not-at-top
+  problem = features.vocabulary_problem(vocabulary)
+  if problem:
+    raise PromptInitError(f"{what}: {problem}")
   ids = [int(i) for i in vocabulary.encode(text)]
   if not ids:
     raise PromptInitError(f"{what}: {text!r} tokenises into no tokens")

@@ -173,20 +173,26 @@ def save(model_dir: str, step: int, trainable_params, state: Optional[dict] = No
   """
   final = checkpoint_dir(model_dir, step)
   tmp = file_utils.temp_sibling(final)
-  file_utils.makedirs(tmp)
   files = {}
 
   def write(filename, data):
     file_utils.write_bytes_atomic(os.path.join(tmp, filename), data)
     files[filename] = _digest(data)
 
-  for name, value in param_utils.flatten(trainable_params).items():
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(value), allow_pickle=False)
-    write(param_filename(name), buf.getvalue())
-  if state is not None:
-    write(STATE_FILE, flax.serialization.msgpack_serialize(state))
-  file_utils.write_text_atomic(os.path.join(tmp, CHECKSUMS_FILE), _checksums_json(files))
+  try:
+    file_utils.makedirs(tmp)
+    for name, value in param_utils.flatten(trainable_params).items():
+      buf = io.BytesIO()
+      np.save(buf, np.asarray(value), allow_pickle=False)
+      write(param_filename(name), buf.getvalue())
+    if state is not None:
+      write(STATE_FILE, flax.serialization.msgpack_serialize(state))
+    file_utils.write_text_atomic(os.path.join(tmp, CHECKSUMS_FILE), _checksums_json(files))
+  except file_utils.DiskFullError:
+    # The partial folder is of no use; the checkpoints before it are intact.
+    if file_utils.exists(tmp):
+      file_utils.remove_tree(tmp)
+    raise
   if file_utils.exists(final):
     file_utils.remove_tree(final)
   file_utils.rename(tmp, final)

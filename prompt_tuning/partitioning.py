@@ -43,9 +43,10 @@ LOGICAL_AXIS_RULES = (
 
 @gin.configurable
 def make_mesh(num_partitions: int = 1, devices: Optional[Sequence] = None) -> Mesh:
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.check_int("NUM_PARTITIONS", num_partitions)
   devices = np.asarray(devices if devices is not None else jax.devices())
   if devices.size % num_partitions:
-    from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
     raise gin_utils.ConfigError(
         f"NUM_PARTITIONS {num_partitions} does not divide the {devices.size} devices: use a "
         "divisor of the device count")

@@ -69,10 +69,11 @@ class SMoP(nn.Module):
   @nn.compact
   def __call__(self, input_tokens, embedded, mask, deterministic=True):
     del input_tokens
-    k = self.num_prompts
+    k = initializers.check_positive("SMOP_NUM_PROMPTS", self.num_prompts)
+    length = initializers.check_positive("PROMPT_LENGTH", self.length)
     init = initializers.lazy(self.init, self.is_initializing())
     table = self.param("prompt", nn.with_logical_partitioning(init, SMOP_AXES),
-                       (k, self.length, embedded.shape[-1]), jnp.float32)
+                       (k, length, embedded.shape[-1]), jnp.float32)
     logits = layers.Dense(k, ROUTER_AXES, jnp.float32, kernel_init=self.router_init,
                           name="router")(mean_embedding(embedded, mask))
     if not deterministic and self.noise_std:

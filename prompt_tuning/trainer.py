@@ -32,6 +32,7 @@ from prompt_tuning import data
 from prompt_tuning import evaluation
 from prompt_tuning import file_utils
 from prompt_tuning import gin_utils
+from prompt_tuning import methods
 from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
@@ -128,6 +129,29 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
   return run_record.resumed(previous, record, start_step, harmless)
 
 
+def _check_settings(*, model_dir, train_steps, batch_size, eval_batch_size, checkpoint_period,
+                    keep_checkpoints, eval_period, log_period, random_seed, eval_split,
+                    eval_decoding, task_feature_lengths) -> None:
+  """TrainError for a configured value that cannot work, before anything is read or written."""
+  gin_utils.check_folder("MODEL_DIR", model_dir, TrainError)
+  gin_utils.check_int("TRAIN_STEPS", train_steps, TrainError, minimum=0)
+  gin_utils.check_int("BATCH_SIZE", batch_size, TrainError)
+  gin_utils.check_int("train.eval_batch_size", eval_batch_size, TrainError,
+                      none_means="for BATCH_SIZE")
+  gin_utils.check_int("CHECKPOINT_PERIOD", checkpoint_period, TrainError)
+  gin_utils.check_int("KEEP_CHECKPOINTS", keep_checkpoints, TrainError,
+                      none_means="to keep every checkpoint")
+  gin_utils.check_int("EVAL_PERIOD", eval_period, TrainError,
+                      none_means="to train without evaluation")
+  gin_utils.check_int("LOG_PERIOD", log_period, TrainError)
+  gin_utils.check_int("RANDOM_SEED", random_seed, TrainError, minimum=None)
+  gin_utils.check_feature_lengths(task_feature_lengths, TrainError)
+  gin_utils.check_choice("EVAL_DECODING", eval_decoding, evaluation.DECODINGS, TrainError)
+  if not isinstance(eval_split, str) or not eval_split:
+    raise TrainError(
+        f"train.eval_split must be a split name such as 'validation', got {eval_split!r}")
+
+
 def _format_eta(seconds):
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -163,10 +187,20 @@ def train(*,
 
   `stop_after_step` ends the process early (as a kill would), for tests.
   """
-  if train_steps < 0:
-    raise TrainError(f"TRAIN_STEPS must be >= 0, got {train_steps}")
+  _check_settings(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
+                  eval_batch_size=eval_batch_size, checkpoint_period=checkpoint_period,
+                  keep_checkpoints=keep_checkpoints, eval_period=eval_period,
+                  log_period=log_period, random_seed=random_seed, eval_split=eval_split,
+                  eval_decoding=eval_decoding, task_feature_lengths=task_feature_lengths)
   data.configure_sources(vocabulary, superglue_data_dir)
   data.import_task_modules(mixture_or_task_module)
+  data.get_task(mixture_or_task_name)
+  data.check_vocabularies(mixture_or_task_name)
+  if eval_period:
+    evaluation.check_split(mixture_or_task_name, eval_split, setting="train.eval_split",
+                           error=TrainError, hint=(
+                               "set --gin.train.eval_split to one of them, or "
+                               "--gin.EVAL_PERIOD=None to train without evaluation"))
   random_seed = _agreed(random_seed, "RANDOM_SEED")
   mesh = mesh_fn()
   layout = partitioning.data_layout(mesh)
@@ -191,6 +225,10 @@ def train(*,
   trainable = model_params.init_trainable(model, init_rng, shapes_batch, trainable_params, mesh)
   if not param_utils.flatten(trainable):
     raise TrainError(f"no parameter matches the trainable patterns {list(trainable_params)}")
+  counts = methods.describe_counts(trainable, frozen)
+  logging.info(counts)
+  if jax.process_index() == 0:
+    print(counts, flush=True)
   optimizer = optimizer_fn()
   opt_state = optimizer.init(trainable)
 
@@ -229,6 +267,14 @@ def train(*,
               f"{train_steps}): nothing to do (raise TRAIN_STEPS to train on)", flush=True)
       return jax.device_get(trainable)
 
+  # The evaluation data is read (and checked) now, before anything is written.
+  evaluator = None
+  eval_dir = os.path.join(model_dir, "inference_eval")
+  if eval_period and train_steps > start_step:
+    evaluator = evaluation.make_evaluator(
+        model, mixture_or_task_name, lengths, eval_split, eval_dir,
+        eval_batch_size or batch_size, use_cached_tasks, mesh, make_log_dir=False)
+
   # Inputs are valid: from here on MODEL_DIR is written (atomically), by process 0,
   # which owns it for the run (run_lock).
   chief = jax.process_index() == 0
@@ -244,6 +290,8 @@ def train(*,
       numpy_checkpoints.latest_intact_step(model_dir)
       gin_utils.write_operative_config(model_dir)
       run_record.write(model_dir, record)
+      if evaluator is not None:
+        file_utils.makedirs(eval_dir)
     writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
 
     def save(step):
@@ -264,12 +312,6 @@ def train(*,
 
     if start_step == 0:
       save(0)  # the initial prompt
-    evaluator = None
-    if eval_period and train_steps > start_step:
-      evaluator = evaluation.make_evaluator(
-          model, mixture_or_task_name, lengths, eval_split,
-          os.path.join(model_dir, "inference_eval"), eval_batch_size or batch_size,
-          use_cached_tasks, mesh)
 
     step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
     iterator = train_ds.skip(start_step).as_numpy_iterator()
@@ -328,6 +370,12 @@ def train(*,
     if writer is not None:
       writer.close()
     logging.info("Training finished in %.1fs", time.time() - t0)
+  except file_utils.DiskFullError as e:
+    latest = numpy_checkpoints.latest_step(model_dir)
+    kept = ("no checkpoint was written" if latest is None else
+            f"the checkpoints up to step {latest} are intact")
+    raise file_utils.DiskFullError(
+        f"{e}; {kept}: free some space and rerun the same command to resume") from None
   finally:
     if lock is not None:
       lock.release()

@@ -33,6 +33,40 @@ def default_vocabulary() -> seqio.SentencePieceVocabulary:
   return seqio.SentencePieceVocabulary(default_vocabulary_path(), extra_ids=EXTRA_IDS)
 
 
+_SET_VOCABULARY = ("--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file="
+                   "\"'/path/to/spiece.model'\"")
+
+
+def vocabulary_problem(vocabulary: seqio.Vocabulary) -> Optional[str]:
+  """Why a SentencePiece vocabulary's model file cannot be used, in one line
+  naming the file; None when it loads (or needs no file).
+
+  Loads the model (seqio keeps it loaded), so that a bad file is reported
+  before any dataset is built, not from inside tf.data.
+  """
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return None
+  path = vocabulary.sentencepiece_model_file
+  remote = "://" in path
+  if not remote and not os.path.exists(path):
+    return (f"VOCABULARY file {path} does not exist: give a SentencePiece model with "
+            f"{_SET_VOCABULARY}")
+  if not remote and os.path.isdir(path):
+    return (f"VOCABULARY file {path} is a folder, not a SentencePiece model: give the model "
+            f"file with {_SET_VOCABULARY}")
+  try:
+    vocabulary.tokenizer  # pylint: disable=pointless-statement
+  except Exception as e:  # pylint: disable=broad-except  (tf, protobuf and sentencepiece errors)
+    text = str(e).strip()
+    reason = text.splitlines()[0] if text else type(e).__name__
+    if remote and "Error parsing" not in reason:
+      return (f"VOCABULARY file {path} could not be read ({reason}): without access to it, "
+              f"use a local copy with {_SET_VOCABULARY}")
+    return (f"VOCABULARY file {path} is not a SentencePiece model ({reason}): give one with "
+            f"{_SET_VOCABULARY}")
+  return None
+
+
 def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> dict[str, seqio.Feature]:
   """T5's text-to-text output features: 'inputs' and 'targets', both with EOS.
 

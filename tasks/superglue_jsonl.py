@@ -22,6 +22,7 @@ Layout of the release (one folder per task, as in the SuperGLUE zip):
 """
 import json
 import os
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import tensorflow as tf
@@ -160,13 +161,42 @@ def row_to_examples(config: str, row: Mapping[str, Any]) -> Iterator[dict]:
     yield example
 
 
+class RecordError(ValueError):
+  """A line of a release file that is not a complete record; names the file and line."""
+
+
 def read_examples(path: str, config: str) -> list[dict]:
-  """All TFDS-layout examples of one JSONL file, in file order."""
+  """All TFDS-layout examples of one JSONL file, in file order.
+
+  Raises:
+    RecordError: a line is not JSON, or its record lacks a field (or holds one
+      of the wrong type or value); the message gives the file, the line number
+      and the field.
+  """
   examples = []
   with tf.io.gfile.GFile(path, "r") as f:
-    for line in f:
-      if line.strip():
-        examples.extend(row_to_examples(config, json.loads(line)))
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path} line {number}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        reason = re.sub(r"\bline \d+ column", "column", str(e))  # the line is `number`
+        raise RecordError(f"{where} is not valid JSON ({reason}): the file is damaged or not "
+                          "the SuperGLUE release's") from None
+      try:
+        if not isinstance(row, dict):
+          raise TypeError(f"a JSON {type(row).__name__}, not an object")
+        examples.extend(row_to_examples(config, row))
+      except KeyError as e:
+        raise RecordError(f"{where}: the {RELEASE_DIRS[config]} record lacks the field "
+                          f"{e.args[0]!r}") from None
+      except (TypeError, ValueError, IndexError, AttributeError) as e:
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        raise RecordError(f"{where}: not a valid {RELEASE_DIRS[config]} record ({reason})"
+                          ) from None
   return examples
 
 

@@ -1,4 +1,4 @@
-"""Tasks used only by tests: an empty one (bad input)."""
+"""Tasks used only by tests: an empty one and one without a validation split (bad input)."""
 import seqio
 import tensorflow as tf
 
@@ -13,3 +13,13 @@ if "empty_task" not in seqio.TaskRegistry.names():
           splits=("train", "validation")),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=demo.OUTPUT_FEATURES)
+
+if "train_only_task" not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(  # no validation split (bad input for evaluation)
+      "train_only_task",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": ["ant bee cat"] * 16, "targets": ["cat"] * 16}),
+          splits=("train",)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=demo.OUTPUT_FEATURES, metric_fns=[demo.exact_match])

@@ -70,9 +70,49 @@ def run_cli(prog, args, timeout=300):
   env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-  module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval"}[prog]
+  module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval",
+            "pt-infer": "prompt_tuning.infer"}[prog]
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         env=env, timeout=timeout, check=False)
+
+
+def run_cli_in_process(prog, args):
+  """pt-train / pt-eval run as `cli.run` runs them, in this process (no interpreter
+  start-up, jitted code and datasets shared): (exit status, stderr text).
+
+  An exception that escapes cli.run, which a user would see as a traceback,
+  comes back as exit status 1 with the traceback in the stderr text.
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import eval as pt_eval  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train as pt_train  # pylint: disable=g-import-not-at-top
+  main = {"pt-train": pt_train.main, "pt-eval": pt_eval.main}[prog]
+  saved_env = {k: os.environ.pop(k) for k in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")
+               if k in os.environ}
+  saved_argv, err = sys.argv, io.StringIO()
+  flags.FLAGS.unparse_flags()
+  gin.clear_config()
+  sys.argv = [prog, *map(str, args)]
+  try:
+    with contextlib.redirect_stderr(err):
+      try:
+        cli.run(main, prog)
+        status = 0
+      except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+      except Exception:  # pylint: disable=broad-except
+        traceback.print_exc()
+        status = 1
+  finally:
+    sys.argv = saved_argv
+    os.environ.update(saved_env)
+    gin.clear_config()
+    flags.FLAGS.unparse_flags()
+  return status, err.getvalue()
 
 
 def snapshot(directory):

@@ -65,9 +65,10 @@ def test_wheel_holds_tasks_gin_configs_and_console_scripts(installed):
                "prompt_tuning/launchers/__init__.py", "prompt_tuning/launchers/tpu_vm.py",
                "prompt_tuning/gin/models/t5_1_1_base_prompt.gin",
                "prompt_tuning/gin/models/sizes/tiny.gin", "prompt_tuning/gin/runs/prompt_eval.gin",
-               "prompt_tuning/gin/prompts/class_labels.gin"]:
+               "prompt_tuning/gin/prompts/class_labels.gin", "prompt_tuning/gin/methods/mam.gin",
+               "prompt_tuning/gin/runs/prompt_infer.gin"]:
     assert name in names, name
-  for script in ["pt-train", "pt-eval", "pt-sweep"]:
+  for script in ["pt-train", "pt-eval", "pt-sweep", "pt-neighbors", "pt-infer"]:
     assert f"{script} = " in entry_points, entry_points
 
 
