@@ -64,6 +64,8 @@ setuptools.setup(
             "pt-sweep=prompt_tuning.sweep:console_main",
             "pt-neighbors=prompt_tuning.neighbors:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
+            "pt-import-peft=prompt_tuning.peft_interop:import_console_main",
+            "pt-export-peft=prompt_tuning.peft_interop:export_console_main",
         ]
     },
 )

@@ -15,7 +15,10 @@ The step is compiled ahead of time (`compile_s`: lowering + XLA compilation),
 then run `--warmup` untimed steps, then `--steps` timed steps, each waited for
 with `block_until_ready`; `step_s` is the median. One JSON line per run goes
 to stdout. `peak_rss_mb` is the process's peak so far: run one method per
-process to compare methods' memory.
+process to compare methods' memory. `xla_temp_mb` is XLA's scratch memory of
+the compiled step (the activations kept for the backward pass): what
+`--remat` (the frozen stack's remat policy, REMAT_POLICY: none, layer,
+matmuls, auto) changes; `remat` in the JSON is the policy applied.
 
 FLOP counting (`count_flops`; `model_flops_per_step`). Only matmuls are
 counted, analytically; softmax, norms, dropout, activations, the loss and the
@@ -49,6 +52,12 @@ activation depending on the prompt (JAX differentiates nothing else). Hence:
 So training is a little over 2x the forward FLOPs. A SMoP router (if any) is
 not counted (it is O(b*d*k), negligible).
 
+`matmul_peak_flops_per_s` is measured in the same run: the best of a few
+jitted float32 [2048, 2048] x [2048, 2048] matmuls (`--peak-size`), 2*n^3
+FLOPs each, on the default device; `fraction_of_matmul_peak` is
+model_flops_per_s over it: how much of what this machine's matmuls reach the
+step uses (None when model FLOPs are not counted).
+
 `xla_flops_per_step` is XLA's own count (`compiled.cost_analysis()['flops']`)
 of the whole compiled step, elementwise ops included; None when the backend
 does not report it.
@@ -72,6 +81,7 @@ batch, then prints a line with `smop_over_prompt_step_ratio` and
 the JSON says so in `note`.
 """
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -205,6 +215,16 @@ def _peak_rss_mb():
   return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
 
 
+def _xla_temp_mb(compiled):
+  """XLA's scratch memory of the compiled step (activations kept for the
+  backward pass and temporaries): what a remat policy changes. None when the
+  backend does not report it."""
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes / 2 ** 20
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def _xla_flops(compiled):
   try:
     cost = compiled.cost_analysis()
@@ -214,6 +234,20 @@ def _xla_flops(compiled):
     cost = cost[0] if cost else None
   flops = (cost or {}).get("flops")
   return float(flops) if flops is not None and flops >= 0 else None
+
+
+def matmul_peak(n=2048, repeats=5, dtype="float32"):
+  """FLOP/s of the best of `repeats` jitted [n, n] x [n, n] matmuls (2 n^3 FLOPs)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+  matmul = jax.jit(jnp.dot)
+  jax.block_until_ready(matmul(a, b))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
 
 
 def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY):
@@ -251,6 +285,7 @@ def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers
       "size": args.size, "batch": args.batch, "inputs": args.inputs, "targets": args.targets,
       "prompt": enc_len - args.inputs, "encoder_length": enc_len,
       "dtype": config.dtype, "backend": jax.default_backend(),
+      "remat": t5.resolve_remat_policy(config.remat_policy),
       "device_kind": device.device_kind, "num_devices": jax.device_count(),
       "steps": args.steps, "warmup": args.warmup,
       "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
@@ -258,11 +293,15 @@ def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers
       "tokens_per_s": args.batch * (enc_len + args.targets) / step_s,
       "model_flops_per_step": flops,
       "model_flops_per_s": flops / step_s if flops is not None else None,
+      "matmul_peak_flops_per_s": args.matmul_peak,
+      "fraction_of_matmul_peak": (flops / step_s / args.matmul_peak
+                                  if flops is not None else None),
       "xla_flops_per_step": _xla_flops(compiled),
       "trainable_params": methods.count(trainable),
       "frozen_params": methods.count(frozen),
       "loss": float(metrics["loss"]),
       "peak_rss_mb": _peak_rss_mb(),
+      "xla_temp_mb": _xla_temp_mb(compiled),
       "compile_s": compile_s,
   }
   if method == "smop":
@@ -286,6 +325,8 @@ def parse_args(argv=None):
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                       help="activation dtype (default float32 on CPU, bfloat16 otherwise)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--remat", choices=t5.REMAT_POLICIES, default="auto",
+                      help="remat policy of the frozen stack's layers (REMAT_POLICY)")
   parser.add_argument("--smop", action="store_true",
                       help="benchmark SMoP (--smop-prompts x --smop-length) instead of --prompt")
   parser.add_argument("--compare-smop", action="store_true",
@@ -294,8 +335,11 @@ def parse_args(argv=None):
                       help="what trains (repeatable; default prompt, or smop with --smop)")
   parser.add_argument("--smop-prompts", type=int, default=4)
   parser.add_argument("--smop-length", type=int, default=5)
+  parser.add_argument("--peak-size", type=int, default=2048,
+                      help="n of the [n, n] float32 matmul timed as this machine's peak")
   args = parser.parse_args(argv)
-  for name in ("batch", "inputs", "targets", "prompt", "steps", "smop_prompts", "smop_length"):
+  for name in ("batch", "inputs", "targets", "prompt", "steps", "smop_prompts", "smop_length",
+               "peak_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1")
   if args.warmup < 0:
@@ -308,9 +352,10 @@ def parse_args(argv=None):
 def main(argv=None):
   """Runs the benchmark(s); prints and returns the JSON rows."""
   args = parse_args(argv)
+  args.matmul_peak = matmul_peak(args.peak_size)
   # CPU backends may not donate buffers; pt-train sees the same harmless warning.
   warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-  config = make_config(args.size, args.dtype)
+  config = dataclasses.replace(make_config(args.size, args.dtype), remat_policy=args.remat)
   batch = jax.device_put(make_batch(args.seed, args.batch, args.inputs, args.targets))
   plain = prompts.Prompt(length=args.prompt, init=initializers.random_uniform())
   # The frozen model, shared by every run (its tree does not depend on the prompt).

@@ -33,8 +33,9 @@ def user_errors():
           methods.MethodError, trainer.TrainError, run_lock.LockError)
 
 
-def setup():
-  """Initialises distribution and data flags and parses gin (after absl flags)."""
+def setup(first_gin_files=()):
+  """Initialises distribution and data flags and parses gin (after absl flags);
+  `first_gin_files` are parsed before the user's (which override them)."""
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
@@ -46,7 +47,8 @@ def setup():
                                 "--distributed")
   if FLAGS.tfds_data_dir:
     seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
-  gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  gin_utils.parse(list(first_gin_files) + list(FLAGS.gin_file), FLAGS.gin_bindings,
+                  FLAGS.gin_search_paths)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id):
@@ -111,8 +113,9 @@ def required_binding_message(e):
 PREEMPTED_EXIT = 128 + 15
 
 
-def run(main_fn, prog):
-  """Runs `main_fn()` under absl, mapping bad input to `prog: error: ...`."""
+def run(main_fn, prog, first_gin_files=(), extra_errors=()):
+  """Runs `main_fn()` under absl, mapping bad input (`user_errors()` and
+  `extra_errors`) to `prog: error: ...`; `first_gin_files` as in `setup`."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   from prompt_tuning import preemption  # pylint: disable=g-import-not-at-top
 
@@ -123,12 +126,12 @@ def run(main_fn, prog):
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to JAX
-      setup()
+      setup(first_gin_files)
       main_fn()
     except preemption.Preempted as e:
       sys.stderr.write(f"{prog}: {e}\n")
       sys.exit(PREEMPTED_EXIT)
-    except user_errors() as e:
+    except user_errors() + tuple(extra_errors) as e:
       logging.debug("error", exc_info=True)
       sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
       sys.exit(1)

@@ -57,6 +57,7 @@ def batches(ds, batch_size, mesh=None):
   runs out. `index` holds this process's rows' positions in `ds`, -1 for
   padding; `features` this process's rows of the global batch, for
   partitioning.shard_batch. One process: plain batches, the last one padded.
+  Each batch's padding columns are cut to its bucket lengths (data.fit_batch).
   """
   layout = partitioning.data_layout(mesh) if mesh is not None else None
   groups, group = (layout.num_groups, layout.group) if layout else (1, 0)
@@ -86,7 +87,8 @@ def batches(ds, batch_size, mesh=None):
       feats = {k: np.concatenate([v, np.zeros((local - n,) + v.shape[1:], v.dtype)])
                for k, v in feats.items()}
     done += 1
-    yield index, feats
+    # Cut to its bucket lengths (PADDING; all processes agree on them).
+    yield index, data.fit_batch(feats)
 
 
 def _feature_specs(ds):

@@ -298,6 +298,10 @@ class Predictor:
         ids = encode_inputs(tasks[task], examples[i]["inputs"], self.lengths["inputs"])
         tokens[row, :len(ids)] = ids
         task_index[row], real[row] = index_of[task], True
+      # Cut to its bucket length (PADDING); every process builds the same
+      # global batch, so they agree without talking.
+      tokens = data.fit_batch({"encoder_input_tokens": tokens},
+                              multihost=False)["encoder_input_tokens"]
       batch = partitioning.shard_batch(self.mesh, {k: self._local(v) for k, v in (
           ("tokens", tokens), ("task_index", task_index), ("real", real))})
       result = self._fn(self.table, self.frozen, batch["tokens"], batch["task_index"],

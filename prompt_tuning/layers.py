@@ -60,6 +60,15 @@ class Sites:
     del where
     return None
 
+  def prefix_positions(self, where: str) -> int:
+    """How many positions before position 0 the prefix of `where` occupies:
+    0 (the default) means its rows get no position bias (He et al.); l means
+    they sit at positions 0..l-1 with T5's relative bias and the sequence is
+    shifted by l (Hugging Face PEFT's placement, a key/value cache). The stack
+    computing the bias then builds it over l + length keys."""
+    del where
+    return 0
+
 
 IDENTITY = Sites()
 
@@ -151,9 +160,10 @@ class RelativePositionBiases(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, qlen, klen, bidirectional=True):
+  def __call__(self, qlen, klen, bidirectional=True, offset=0):
+    """Queries at positions offset..offset+qlen-1, keys at 0..klen-1."""
     # Computed with numpy: the bucket pattern is static for given lengths.
-    context = np.arange(qlen, dtype=np.int32)[:, None]
+    context = offset + np.arange(qlen, dtype=np.int32)[:, None]
     memory = np.arange(klen, dtype=np.int32)[None, :]
     buckets = relative_position_bucket(memory - context, bidirectional,
                                        self.num_buckets, self.max_distance)
@@ -176,7 +186,9 @@ class MultiHeadAttention(nn.Module):
   Sites (`sites`, at `where`, e.g. 'encoder/attention'): a delta on each of the
   four projections, and a prefix: a module returning (key, value) rows
   [l, heads*head_dim] prepended to every example's keys and values, which
-  every query sees (no position bias, never masked).
+  every query sees (no position bias, never masked); or, where
+  `sites.prefix_positions(where)` is l > 0, `bias` already spans the l prefix
+  keys (their position bias and mask, built by the stack).
   """
   num_heads: int
   head_dim: int
@@ -186,17 +198,43 @@ class MultiHeadAttention(nn.Module):
   where: str = ""
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias, deterministic=True):
+  def __call__(self, inputs_q, inputs_kv, bias, deterministic=True, cache=None,
+               cache_index=None, kv_only=False):
+    """Attention of inputs_q [b, q, emb] over inputs_kv [b, k, emb]; bias
+    [b|1, h|1, q, k] (q x (l + k) for a positioned prefix).
+
+    Incremental decoding (models.greedy_decode):
+      kv_only: returns this attention's projected (key, value) [b, k, h*d] of
+        inputs_kv (no prefix): computed once, e.g. over the encoder output.
+      cache=(key, value) [b, S, h*d], cache_index=None: attends over these
+        keys and values instead of projecting inputs_kv (which is unused).
+      cache=(key, value) [b, S, h*d], cache_index=i: projects inputs_kv
+        [b, 1, emb] (the token at position i), writes it into row i of the
+        cache and attends over the whole cache (bias masks rows > i); returns
+        (output, updated cache).
+    The prefix rows (if any) are prepended to the keys and values as always.
+    """
     inner = self.num_heads * self.head_dim
-    emb = inputs_q.shape[-1]
     delta = lambda name: self.sites.projection(f"{self.where}/{name}")
     # T5X folds 1/sqrt(head_dim) into the query initialisation.
     dense = lambda name, scale: Dense(
         inner, ("embed", "joined_kv"), self.dtype, name=name, delta=delta(name),
         kernel_init=nn.initializers.variance_scaling(scale, "fan_in", "normal"))
+    key_dense, value_dense = dense("key", 1.0), dense("value", 1.0)
+    if kv_only:
+      return key_dense(inputs_kv, deterministic), value_dense(inputs_kv, deterministic)
     query = dense("query", 1.0 / self.head_dim)(inputs_q, deterministic)
-    key = dense("key", 1.0)(inputs_kv, deterministic)
-    value = dense("value", 1.0)(inputs_kv, deterministic)
+    if cache is None:
+      key = key_dense(inputs_kv, deterministic)
+      value = value_dense(inputs_kv, deterministic)
+    elif cache_index is None:
+      key, value = cache
+    else:
+      write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+          c, jnp.asarray(new, c.dtype), cache_index, 1)
+      key = write(cache[0], key_dense(inputs_kv, deterministic))
+      value = write(cache[1], value_dense(inputs_kv, deterministic))
+      cache = (key, value)
     prefix = self.sites.prefix(self.where)
     if prefix is not None:
       prefix_key, prefix_value = prefix()(inner)
@@ -204,8 +242,9 @@ class MultiHeadAttention(nn.Module):
                                         (key.shape[0],) + p.shape)
       key = jnp.concatenate([rows(prefix_key), key], axis=1)
       value = jnp.concatenate([rows(prefix_value), value], axis=1)
-      pad = [(0, 0)] * (bias.ndim - 1) + [(prefix_key.shape[0], 0)]
-      bias = jnp.pad(bias, pad)  # prefix positions: bias 0 (visible, no position)
+      if not self.sites.prefix_positions(self.where):
+        pad = [(0, 0)] * (bias.ndim - 1) + [(prefix_key.shape[0], 0)]
+        bias = jnp.pad(bias, pad)  # prefix positions: bias 0 (visible, no position)
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
     query, key, value = split(query), split(key), split(value)
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
@@ -215,9 +254,10 @@ class MultiHeadAttention(nn.Module):
       weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     out = out.reshape(out.shape[:-2] + (inner,))
-    return Dense(emb, ("joined_kv", "embed"), self.dtype, name="out", delta=delta("out"),
-                 kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(
-                     out, deterministic)
+    out = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), self.dtype, name="out", delta=delta("out"),
+                kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(
+                    out, deterministic)
+    return (out, cache) if cache_index is not None else out
 
 
 ACTIVATIONS = {

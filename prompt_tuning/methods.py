@@ -130,7 +130,12 @@ class Adapter(nn.Module):
   def __call__(self, inputs, outputs, deterministic=True):
     del deterministic
     d = outputs.shape[-1]
-    down = self.param("down", layers.default_kernel_init, (d, self.bottleneck), jnp.float32)
+    # He et al.'s code initialises the parallel adapter's down projection as
+    # LoRA's A ('lora' init: uniform in +-1/sqrt(d)); the sequential one with
+    # T5X's kernel init (their 'bert' init, N(0, 0.02) for both projections,
+    # would not start at the frozen model).
+    down_init = lora_a_init if self.parallel else layers.default_kernel_init
+    down = self.param("down", down_init, (d, self.bottleneck), jnp.float32)
     up = self.param("up", nn.initializers.zeros, (self.bottleneck, d), jnp.float32)
     h = inputs if self.parallel else outputs
     h = nn.relu(jnp.einsum("...d,dr->...r", h, jnp.asarray(down, h.dtype)))
@@ -179,10 +184,17 @@ class PrefixMethod(layers.Sites):
   emb_dim: int = 512
   hidden_dim: Optional[int] = None
   attentions: Tuple[str, ...] = ATTENTIONS
+  # Hugging Face PEFT's placement (methods/prefix_peft.gin): the prefix is a
+  # key/value cache of the decoder's self-attention, at positions 0..l-1 with
+  # T5's relative position bias, the targets following at l, l+1, ...
+  positioned: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "attentions",
                        _sublayer_names(self.attentions, ATTENTIONS, "PREFIX_ATTENTIONS"))
+    if self.positioned and self.attentions != ("decoder/self_attention",):
+      raise MethodError("a positioned prefix (PEFT's placement) is only defined for the "
+                        "decoder's self-attention: set PREFIX_ATTENTIONS = ['self_attention']")
     if not isinstance(self.length, int) or not 1 <= self.length <= MAX_PREFIX_LENGTH:
       raise MethodError(f"PREFIX_LENGTH must be an integer in 1..{MAX_PREFIX_LENGTH}, "
                         f"got {self.length}")
@@ -195,6 +207,9 @@ class PrefixMethod(layers.Sites):
     if where in self.attentions:
       return functools.partial(Prefix, self.length, self.emb_dim, self.hidden_dim, name="prefix")
     return None
+
+  def prefix_positions(self, where):
+    return self.length if self.positioned and where in self.attentions else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +261,9 @@ class Methods(layers.Sites):
 
   def adapter(self, where):
     return self._one("adapter", where)
+
+  def prefix_positions(self, where):
+    return max([p.prefix_positions(where) for p in self.parts] + [0])
 
 
 # ---------------------------------------------------------------- counting

@@ -7,6 +7,9 @@ Layout (the authors' convention, so their released prompts and ours mix):
                                        by its '/'-path with '.' separators
         train_state.msgpack            optimizer state, step, RNG seed and data
                                        position: what an exact resume needs
+        train_ds-000-of-001.index      the tf.data iterator's state, one pair of
+        train_ds-000-of-001.data-...   files per process (data_state): a resume
+                                       restores the data position, no replay
         checksums.json                 sha256 and size of every other file
 
 Frozen weights are never written. Each checkpoint folder is written under a
@@ -165,14 +168,42 @@ def _parse_state(path: str, data: bytes) -> dict:
 # ------------------------------------------------------------------ writing
 
 
-def save(model_dir: str, step: int, trainable_params, state: Optional[dict] = None) -> str:
+def shared_temp_dir(model_dir: str, step: int) -> str:
+  """The temporary folder of checkpoint_{step} when several processes write
+  into it (each its data state): a name every process knows."""
+  return f"{checkpoint_dir(model_dir, step)}.tmp-allprocs"
+
+
+def begin_shared(model_dir: str, step: int) -> str:
+  """Creates `shared_temp_dir` empty (removing a leftover of a killed run);
+  the writer (process 0) calls it, then every process may `write_files` into
+  it, then the writer calls `save(..., tmp=)` to complete the checkpoint."""
+  tmp = shared_temp_dir(model_dir, step)
+  if file_utils.exists(tmp):
+    file_utils.remove_tree(tmp)
+  file_utils.makedirs(tmp)
+  return tmp
+
+
+def write_files(directory: str, files: dict) -> None:
+  """Writes {filename: bytes} into `directory` (each file atomically)."""
+  for filename, data in files.items():
+    file_utils.write_bytes_atomic(os.path.join(directory, filename), data)
+
+
+def save(model_dir: str, step: int, trainable_params, state: Optional[dict] = None,
+         extra_files: Optional[dict] = None, tmp: Optional[str] = None) -> str:
   """Writes one checkpoint atomically; `state` is a pytree of arrays/scalars.
 
+  `extra_files` ({filename: bytes}, e.g. the data state) are written beside
+  the parameters. `tmp`: the folder made by `begin_shared`, which may already
+  hold files other processes wrote there; they are part of the checkpoint too.
   checksums.json (sha256 and size of each file, as written) is the last file
   written into the temporary folder, before the folder is renamed into place.
   """
   final = checkpoint_dir(model_dir, step)
-  tmp = file_utils.temp_sibling(final)
+  fresh = tmp is None
+  tmp = file_utils.temp_sibling(final) if fresh else tmp
   files = {}
 
   def write(filename, data):
@@ -180,13 +211,20 @@ def save(model_dir: str, step: int, trainable_params, state: Optional[dict] = No
     files[filename] = _digest(data)
 
   try:
-    file_utils.makedirs(tmp)
+    if fresh:
+      file_utils.makedirs(tmp)
     for name, value in param_utils.flatten(trainable_params).items():
       buf = io.BytesIO()
       np.save(buf, np.asarray(value), allow_pickle=False)
       write(param_filename(name), buf.getvalue())
     if state is not None:
       write(STATE_FILE, flax.serialization.msgpack_serialize(state))
+    for filename, data in (extra_files or {}).items():
+      write(filename, data)
+    for filename in sorted(file_utils.listdir(tmp)):  # written by other processes
+      filename = filename.rstrip("/")
+      if filename not in files and filename != CHECKSUMS_FILE and ".tmp-" not in filename:
+        files[filename] = _digest(file_utils.read_bytes(os.path.join(tmp, filename)))
     file_utils.write_text_atomic(os.path.join(tmp, CHECKSUMS_FILE), _checksums_json(files))
   except file_utils.DiskFullError:
     # The partial folder is of no use; the checkpoints before it are intact.
@@ -234,6 +272,22 @@ def load_state(directory: str) -> Optional[dict]:
   if data is None:
     return None
   return _parse_state(os.path.join(directory, STATE_FILE), data)
+
+
+def load_files(directory: str, name: str) -> Optional[dict]:
+  """{filename: bytes} of the files `name`.* (one process's data state), each
+  checked against checksums.json; None when the checkpoint has none (written
+  by an older version, or by a pipeline that cannot be checkpointed).
+
+  Raises CheckpointDamagedError as load_params does.
+  """
+  checksums = _read_checksums(directory)
+  listed = checksums if checksums is not None else [
+      f.rstrip("/") for f in file_utils.listdir(directory)]
+  names = sorted(f for f in listed if f.startswith(name + "."))
+  if not names:
+    return None
+  return {f: _read(directory, f, checksums) for f in names}
 
 
 def check_file(path: str) -> None:
@@ -329,3 +383,31 @@ def cleanup(model_dir: str, keep: Optional[int]) -> None:
   for entry in file_utils.listdir(base):  # leftovers of killed writes
     if ".tmp-" in entry:
       file_utils.remove_tree(os.path.join(base, entry))
+
+
+def write_folder(directory: str, flat_params: dict, extra_files: Optional[dict] = None) -> None:
+  """Writes a standalone numpy checkpoint folder `directory` (new or empty):
+  one .npy per parameter ('/'-paths), the `extra_files` {filename: bytes}, and
+  checksums.json covering all of them; written under a temporary name and
+  renamed when complete (pt-import-peft's output)."""
+  tmp = file_utils.temp_sibling(directory)
+  files = {}
+  try:
+    file_utils.makedirs(tmp)
+    items = [(param_filename(name), None, value) for name, value in flat_params.items()]
+    items += [(filename, data, None) for filename, data in (extra_files or {}).items()]
+    for filename, data, value in items:
+      if data is None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        data = buf.getvalue()
+      file_utils.write_bytes_atomic(os.path.join(tmp, filename), data)
+      files[filename] = _digest(data)
+    file_utils.write_text_atomic(os.path.join(tmp, CHECKSUMS_FILE), _checksums_json(files))
+  except file_utils.DiskFullError:
+    if file_utils.exists(tmp):
+      file_utils.remove_tree(tmp)
+    raise
+  if file_utils.exists(directory):
+    file_utils.remove_tree(directory)
+  file_utils.rename(tmp, directory)

@@ -67,7 +67,12 @@ def bindings() -> dict:
 RESUMABLE = frozenset([
     "TRAIN_STEPS", "EVAL_PERIOD", "LOG_PERIOD", "CHECKPOINT_PERIOD", "KEEP_CHECKPOINTS",
     "EVAL_DECODING", "USE_CACHED_TASKS", "MIXTURE_OR_TASK_MODULE", "SUPERGLUE_DATA_DIR",
-    "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions"] + [
+    "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions",
+    # How batches are padded, what the backward pass recomputes and how greedy
+    # decoding runs change float rounding, memory and speed, not what trains.
+    "PADDING", "PADDING_BUCKETS", "data.configured_padding.mode",
+    "data.configured_padding.buckets", "REMAT_POLICY", "t5.T5Config.remat_policy",
+    "models.EncoderDecoderModel.cached_decoding"] + [
         f"trainer.train.{param}" for param in (
             "train_steps", "eval_period", "log_period", "checkpoint_period", "keep_checkpoints",
             "eval_decoding", "eval_split", "eval_batch_size", "use_cached_tasks",

@@ -5,9 +5,13 @@ and given optimizer state; the frozen model is an argument of the jitted step,
 so no gradient of a frozen weight is ever computed and the frozen arrays are
 never written. Every input is validated before MODEL_DIR is touched.
 
-Resume: the step, optimizer state and RNG seed live in the numpy checkpoint;
-the data position is the step (the seqio dataset is deterministic for a seed
-and is skipped forward by `step` batches), so a rerun continues exactly.
+Resume: the step, optimizer state and RNG seed live in the numpy checkpoint,
+and so does the data position: each process's tf.data iterator state
+(data_state, T5X's `train_ds-*` files), restored on resume without replaying
+the batches before it. A checkpoint without it (older version, a pipeline
+that cannot be checkpointed, another data layout) resumes by replaying the
+stream (the seqio dataset is deterministic for a seed), so a rerun continues
+exactly either way.
 
 Multi-host (T5X's discipline): every process runs this same function; the
 seed and the resume step are checked equal on all processes; each reads only
@@ -29,6 +33,7 @@ import numpy as np
 import optax
 
 from prompt_tuning import data
+from prompt_tuning import data_state
 from prompt_tuning import evaluation
 from prompt_tuning import file_utils
 from prompt_tuning import gin_utils
@@ -152,6 +157,55 @@ def _check_settings(*, model_dir, train_steps, batch_size, eval_batch_size, chec
         f"train.eval_split must be a split name such as 'validation', got {eval_split!r}")
 
 
+def _layout_key(mesh) -> str:
+  """The data shards each process reads, e.g. '8:0-3,4-7': a saved data state
+  fits only the same layout."""
+  spans = []
+  for i in range(jax.process_count()):
+    shards = partitioning.data_layout(mesh, i).shards
+    spans.append(f"{shards[0]}-{shards[-1]}")
+  return f"{partitioning.data_layout(mesh).num_shards}:{','.join(spans)}"
+
+
+def _data_iterator(train_ds, start_step: int, directory: Optional[str], state: Optional[dict],
+                   layout_key: str, batch_size: int, what: str):
+  """The train batches from `start_step` on: the checkpoint's data state
+  restored, else (no state, another data layout, a state that does not fit the
+  pipeline) replayed from the start, with a warning."""
+  name = data_state.prefix(jax.process_index(), jax.process_count())
+  if not start_step:
+    return data_state.TrainIterator(train_ds)
+  files = numpy_checkpoints.load_files(directory, name)
+  saved_layout = state.get("data_layout")
+  replay = None
+  if files is None:
+    why = (f"it holds no data state ({name}.*; written by an older version, or the input "
+           "pipeline cannot be checkpointed)")
+  elif saved_layout != layout_key:
+    why = (f"its data state was saved for another data layout (shards per process "
+           f"{saved_layout}, now {layout_key})")
+  else:
+    # Each new iterator of train_ds draws the next shuffle seeds: the replay
+    # fallback must be made first, as an uninterrupted run's iterator was.
+    replay = data_state.TrainIterator(train_ds)
+    restored = data_state.TrainIterator(train_ds)
+    t = time.time()
+    why = restored.restore(name, files)
+    if why is None:
+      logging.info("restored the data position of step %d from %s in %.2fs (no replay)",
+                   start_step, directory, time.time() - t)
+      return restored
+  logging.warning("%s: %s; replaying the data stream up to step %d (%d examples), which "
+                  "recomputes them", directory, why, start_step, start_step * batch_size)
+  iterator = replay or data_state.TrainIterator(train_ds)
+  t = time.time()
+  done = iterator.advance(start_step)
+  if done < start_step:
+    raise TrainError(f"{what} ran out at step {done}")
+  logging.info("replayed %d steps of data in %.1fs", start_step, time.time() - t)
+  return iterator
+
+
 def _format_eta(seconds):
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -236,6 +290,7 @@ def train(*,
   # run owns MODEL_DIR; damaged newer ones are set aside once it does (below).
   start_step = _agreed(numpy_checkpoints.latest_intact_step(
       model_dir, warn=lambda _: None, move_aside=False) or 0, "the latest intact checkpoint step")
+  directory = state = None
   if start_step:
     directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
     trainable = partitioning.replicate(
@@ -253,6 +308,7 @@ def train(*,
                       "the rest of the data stream differs from an uninterrupted run",
                       layout.num_shards, int(state.get("data_shards", 1)))
     logging.info("Resuming from %s (step %d)", directory, start_step)
+  resume_dir, resume_state, layout_key = directory, state, _layout_key(mesh)
   # Placed as the step's outputs will be, so the step compiles once, not twice.
   opt_state = partitioning.replicate(mesh, opt_state)
 
@@ -294,6 +350,8 @@ def train(*,
         file_utils.makedirs(eval_dir)
     writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
 
+    iterator = None  # made below, after the initial checkpoint (which needs no data state)
+
     def save(step):
       if lock is not None and lock.lost:
         raise TrainError(f"{lock.path} was taken over by another run: stopped at step {step} "
@@ -301,10 +359,25 @@ def train(*,
       # Replicated values: every process holds them, so every process can take part.
       state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
                "step": step, "random_seed": random_seed,
-               "examples_seen": step * batch_size, "data_shards": layout.num_shards}
+               "examples_seen": step * batch_size, "data_shards": layout.num_shards,
+               "data_layout": layout_key}
       params = jax.device_get(trainable)
+      # This process's data position (None at step 0, or for a pipeline that
+      # cannot be checkpointed: a resume then replays).
+      files = iterator.state_files(data_state.prefix(jax.process_index(), jax.process_count())
+                                   ) if iterator is not None else None
+      tmp = None
+      if jax.process_count() > 1:
+        # Every process writes its data state into the temporary folder that
+        # process 0 made, before process 0 checksums and renames it.
+        if chief:
+          tmp = numpy_checkpoints.begin_shared(model_dir, step)
+        multihost_utils.sync_global_devices(f"checkpoint_{step}_folder")
+        if not chief and files:
+          numpy_checkpoints.write_files(numpy_checkpoints.shared_temp_dir(model_dir, step), files)
+        multihost_utils.sync_global_devices(f"checkpoint_{step}_data")
       if chief:
-        numpy_checkpoints.save(model_dir, step, params, state)
+        numpy_checkpoints.save(model_dir, step, params, state, extra_files=files, tmp=tmp)
         numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
         logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
       if jax.process_count() > 1:
@@ -314,7 +387,8 @@ def train(*,
       save(0)  # the initial prompt
 
     step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
-    iterator = train_ds.skip(start_step).as_numpy_iterator()
+    iterator = _data_iterator(train_ds, start_step, resume_dir, resume_state, layout_key,
+                              batch_size, f"the train split of {mixture_or_task_name!r}")
     lr = summaries.learning_rate()
     tick, tick_step, t0 = time.time(), start_step, time.time()
     metrics = None
@@ -325,6 +399,8 @@ def train(*,
         except StopIteration:
           raise TrainError(
               f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
+        # Cut to its bucket lengths (PADDING; all processes agree on them).
+        batch = data.fit_batch(batch)
         trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
                                                 partitioning.shard_batch(mesh, batch),
                                                 jnp.int32(step), step_rng)

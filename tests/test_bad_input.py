@@ -140,6 +140,8 @@ CASES = {
                                     ["NUM_PARTITIONS 7 does not divide"]),
     "eval_decoding": ("pt-train", "fresh", ["--gin.EVAL_DECODING='beam'"],
                       ["EVAL_DECODING must be one of", "'rank'", "got 'beam'"]),
+    "remat_policy": ("pt-train", "fresh", ["--gin.REMAT_POLICY='full'"],
+                     ["REMAT_POLICY must be one of", "'matmuls'", "got 'full'"]),
     "eval_batch_size_0": ("pt-eval", "trained", ["--gin.BATCH_SIZE=0"],
                           ["BATCH_SIZE must be a positive integer, got 0"]),
     # 3. the evaluation split.

@@ -118,3 +118,42 @@ def test_methods_print_their_trainable_counts(bench, capsys):
   assert lora["model_flops_per_step"] is None and lora["step_s"] > 0
   assert lora["prompt"] == 0 and np.isfinite(mam["loss"])
   assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_train_step_reports_the_fraction_of_its_own_matmul_peak(bench):
+  row = bench.main(TINY_ARGS + ["--peak-size", "256"])[0]
+  assert row["matmul_peak_flops_per_s"] > 0
+  assert row["fraction_of_matmul_peak"] == pytest.approx(
+      row["model_flops_per_s"] / row["matmul_peak_flops_per_s"])
+
+
+TASK_BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "task_step.py"
+
+
+def test_task_mode_on_fewglue_rte(capsys, fewglue_dir, t5_vocab_path):
+  """bench/task_step.py: real pt-train steps on FewGLUE RTE, fixed vs buckets vs grouped."""
+  spec = importlib.util.spec_from_file_location("bench_task_step", TASK_BENCH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  rows = module.main(["--size", "tiny", "--batch", "4", "--inputs", "256", "--targets", "8",
+                      "--prompt", "3", "--steps", "3", "--group", "2", "--peak-size", "256",
+                      "--padding", "fixed", "--padding", "buckets+group",
+                      "--superglue-data-dir", str(fewglue_dir),
+                      "--vocabulary", str(t5_vocab_path)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [json.loads(l) for l in lines] == rows
+  fixed, grouped, summary = rows
+  assert [r["padding"] for r in rows[:2]] == ["fixed", "buckets+group"]
+  for row in rows[:2]:
+    for key in ("examples_per_s", "padded_fraction", "compiles", "fraction_of_matmul_peak",
+                "step_s", "encoder_length_mean"):
+      assert key in row, key
+    assert row["compiles"] == len(row["shapes"]) >= 1
+    assert np.isfinite(row["loss"])
+  assert fixed["shapes"] == [[256, 8]] and fixed["compiles"] == 1
+  assert fixed["examples_per_s"] > 0
+  # RTE's inputs are far shorter than 256 tokens: buckets pad much less.
+  assert grouped["padded_fraction"] < fixed["padded_fraction"] - 0.2
+  assert all(e < 256 for e, _ in grouped["shapes"])
+  assert grouped["group_by_length"] == 2
+  assert set(summary["speedup_over_fixed"]) >= {"fixed"}

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+from prompt_tuning import numpy_checkpoints
+
 import helpers  # pylint: disable=g-bad-import-order
 from test_cli import assert_one_line_error  # pylint: disable=g-bad-import-order
 
@@ -108,7 +110,14 @@ def test_two_processes_train_the_same_prompt(runs):
 
 def test_one_set_of_files_written_by_process_0(runs):
   root, _, out = runs
-  assert files_of(root / "two") == files_of(root / "one")
+  # Besides each process's data state (T5X's train_ds-{process:03}-of-{count:03} files).
+  data = re.compile(r"/train_ds-(\d{3})-of-(\d{3})\.")
+  assert ([f for f in files_of(root / "two") if not data.search(f)]
+          == [f for f in files_of(root / "one") if not data.search(f)])
+  for name, count in (("one", 1), ("two", 2)):
+    held = {data.search(f).groups() for f in files_of(root / name) if data.search(f)
+            and "checkpoint_4/" in f}
+    assert held == {(f"{i:03}", f"{count:03}") for i in range(count)}
   assert len(list((root / "two" / "train").glob("events.out.tfevents.*"))) == 1
   record = json.loads((root / "two" / "run.json").read_text())
   assert (record["process_count"], record["device_count"], record["data_shards"]) == (2, 8, 8)
@@ -158,6 +167,32 @@ def test_model_split_across_hosts_reads_the_same_data(tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / "two" / name), np.load(tmp_path / "one" / name),
                              rtol=1e-5, atol=1e-5)
   assert json.loads((tmp_path / "two" / "run.json").read_text())["data_shards"] == 1
+
+
+PROMPT4 = "numpy_checkpoints/checkpoint_4/encoder.prompt.prompt.npy"
+
+
+def test_two_processes_each_save_and_restore_their_data_state(tmp_path):
+  """2 processes x 2 devices: each writes its train_ds file into the checkpoint
+  before process 0 checksums and renames it; a resume restores both, exactly."""
+  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  common = ["TRAIN_STEPS = 4", "EVAL_PERIOD = None", "CHECKPOINT_PERIOD = 2"]
+  launch("prompt_tuning.train", train_args(tmp_path / "full", ckpt, *common), 2, 2)
+  launch("prompt_tuning.train", train_args(tmp_path / "killed", ckpt, *common,
+                                           "train.stop_after_step = 3"), 2, 2)
+  folder = tmp_path / "killed/numpy_checkpoints"
+  assert numpy_checkpoints.steps(str(folder.parent)) == [0, 2]
+  assert not list(folder.glob("*.tmp-*"))
+  listed = json.loads((folder / "checkpoint_2/checksums.json").read_text())["files"]
+  assert {f for f in listed if f.startswith("train_ds-")} == {
+      f"train_ds-{i:03}-of-002.{ext}" for i in range(2)
+      for ext in ("index", "data-00000-of-00001")}
+  out = launch("prompt_tuning.train", train_args(tmp_path / "killed", ckpt, *common), 2, 2)
+  for _, _, stderr in out:  # (a replay is announced with a warning)
+    assert "replaying the data stream" not in stderr
+  # Same processes and devices as the uninterrupted run: the same prompt, bit for bit.
+  np.testing.assert_array_equal(np.load(tmp_path / "killed" / PROMPT4),
+                                np.load(tmp_path / "full" / PROMPT4))
 
 
 @pytest.mark.parametrize("flags,needle", [
