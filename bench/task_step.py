@@ -43,14 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import data
-from prompt_tuning import initializers
 from prompt_tuning import methods
 from prompt_tuning import model_params
-from prompt_tuning import models
 from prompt_tuning import optimizers
-from prompt_tuning import param_utils
-from prompt_tuning import prompts
-from prompt_tuning import t5
 from prompt_tuning import trainer
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -182,12 +177,7 @@ def main(argv=None):
   data.import_task_modules(args.module)
   data.get_task(args.task)
   config = bench.make_config(args.size, args.dtype)
-  prompt = prompts.Prompt(length=args.prompt, init=initializers.random_uniform())
-  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
-  frozen = param_utils.split(
-      model_params.init_random(model, jax.random.PRNGKey(args.seed + 1),
-                               model_params.dummy_batch(1, args.inputs, args.targets)),
-      methods.TRAINABLE_PARAMS)[1]
+  model, frozen = bench.prompt_model(config, args.prompt, args.inputs, args.targets, args.seed)
   settings = [Setting(args, model, frozen, name) for name in args.padding]
   # Round robin, one step of each setting per round, so that all of them see the
   # same machine load (a shared machine's load varies by minutes); the matmul

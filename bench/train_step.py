@@ -349,6 +349,18 @@ def parse_args(argv=None):
   return args
 
 
+def prompt_model(config, prompt_length, inputs, targets, seed):
+  """(model with a random-uniform prompt of `prompt_length`, its frozen
+  parameters drawn at random with seed + 1)."""
+  prompt = prompts.Prompt(length=prompt_length, init=initializers.random_uniform())
+  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
+  frozen = param_utils.split(
+      model_params.init_random(model, jax.random.PRNGKey(seed + 1),
+                               model_params.dummy_batch(1, inputs, targets)),
+      methods.TRAINABLE_PARAMS)[1]
+  return model, frozen
+
+
 def main(argv=None):
   """Runs the benchmark(s); prints and returns the JSON rows."""
   args = parse_args(argv)
@@ -357,13 +369,9 @@ def main(argv=None):
   warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
   config = dataclasses.replace(make_config(args.size, args.dtype), remat_policy=args.remat)
   batch = jax.device_put(make_batch(args.seed, args.batch, args.inputs, args.targets))
-  plain = prompts.Prompt(length=args.prompt, init=initializers.random_uniform())
   # The frozen model, shared by every run (its tree does not depend on the prompt).
-  init_model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=plain))
-  frozen = param_utils.split(
-      model_params.init_random(init_model, jax.random.PRNGKey(args.seed + 1),
-                               model_params.dummy_batch(1, args.inputs, args.targets)),
-      methods.TRAINABLE_PARAMS)[1]
+  init_model, frozen = prompt_model(config, args.prompt, args.inputs, args.targets, args.seed)
+  plain = init_model.module.prompt
 
   runs = []
   if args.method and not args.compare_smop:

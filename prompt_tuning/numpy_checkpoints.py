@@ -201,7 +201,13 @@ def save(model_dir: str, step: int, trainable_params, state: Optional[dict] = No
   checksums.json (sha256 and size of each file, as written) is the last file
   written into the temporary folder, before the folder is renamed into place.
   """
-  final = checkpoint_dir(model_dir, step)
+  return _write_folder(checkpoint_dir(model_dir, step), trainable_params, state, extra_files, tmp)
+
+
+def _write_folder(final: str, trainable_params, state: Optional[dict] = None,
+                  extra_files: Optional[dict] = None, tmp: Optional[str] = None) -> str:
+  """`save`'s writer, for any folder `final`: the files under a temporary
+  name (or in `tmp`), checksums.json last, then the rename."""
   fresh = tmp is None
   tmp = file_utils.temp_sibling(final) if fresh else tmp
   files = {}
@@ -390,24 +396,4 @@ def write_folder(directory: str, flat_params: dict, extra_files: Optional[dict] 
   one .npy per parameter ('/'-paths), the `extra_files` {filename: bytes}, and
   checksums.json covering all of them; written under a temporary name and
   renamed when complete (pt-import-peft's output)."""
-  tmp = file_utils.temp_sibling(directory)
-  files = {}
-  try:
-    file_utils.makedirs(tmp)
-    items = [(param_filename(name), None, value) for name, value in flat_params.items()]
-    items += [(filename, data, None) for filename, data in (extra_files or {}).items()]
-    for filename, data, value in items:
-      if data is None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(value), allow_pickle=False)
-        data = buf.getvalue()
-      file_utils.write_bytes_atomic(os.path.join(tmp, filename), data)
-      files[filename] = _digest(data)
-    file_utils.write_text_atomic(os.path.join(tmp, CHECKSUMS_FILE), _checksums_json(files))
-  except file_utils.DiskFullError:
-    if file_utils.exists(tmp):
-      file_utils.remove_tree(tmp)
-    raise
-  if file_utils.exists(directory):
-    file_utils.remove_tree(directory)
-  file_utils.rename(tmp, directory)
+  _write_folder(directory, flat_params, extra_files=extra_files)
