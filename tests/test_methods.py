@@ -203,10 +203,14 @@ def test_trainable_counts_follow_the_closed_forms(names, bindings, want):
 
 
 def test_trainable_params_of_the_run_files_are_the_methods():
-  for name in ("runs/prompt_finetune.gin", "runs/prompt_eval.gin"):
+  from prompt_tuning import infer, peft_interop  # pylint: disable=g-import-not-at-top,unused-import
+  run = helpers.TINY_BINDINGS + ["MODEL_DIR = '/unused'", "INITIAL_CHECKPOINT_PATH = None"]
+  for name, bindings in (("runs/prompt_finetune.gin", run), ("runs/prompt_eval.gin", run),
+                         ("runs/prompt_infer.gin", helpers.MODEL_BINDINGS + [
+                             "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}"]),
+                         ("runs/peft_export.gin", helpers.MODEL_BINDINGS)):
     gin.clear_config()
-    gin_utils.parse(helpers.TINY_FILES + [name], helpers.TINY_BINDINGS + [
-        "MODEL_DIR = '/unused'", "INITIAL_CHECKPOINT_PATH = None"])
+    gin_utils.parse(helpers.TINY_FILES + [name], bindings)
     try:
       assert tuple(gin.query_parameter("%TRAINABLE_PARAMS")) == methods.TRAINABLE_PARAMS
     finally:
