@@ -78,7 +78,8 @@ def parse_args(argv=None):
   parser.add_argument("--group", type=int, default=4, help="GROUP_BY_LENGTH of buckets+group")
   parser.add_argument("--buckets", type=int, nargs="*", default=None,
                       help="PADDING_BUCKETS (default: data.DEFAULT_BUCKETS)")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                      help="activation dtype (ACTIVATION_DTYPE; bfloat16 is T5 1.1's and pt-train's)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--peak-size", type=int, default=2048)
   args = parser.parse_args(argv)
@@ -183,7 +184,7 @@ def main(argv=None):
   # same machine load (a shared machine's load varies by minutes); the matmul
   # peak is measured again before each round.
   for _ in range(args.steps):
-    peak = bench.matmul_peak(args.peak_size, repeats=2)
+    peak = bench.matmul_peak(args.peak_size, repeats=2, dtype=args.dtype)
     for setting in settings:
       setting.step(peak)
   rows = []

@@ -53,8 +53,9 @@ So training is a little over 2x the forward FLOPs. A SMoP router (if any) is
 not counted (it is O(b*d*k), negligible).
 
 `matmul_peak_flops_per_s` is measured in the same run: the best of a few
-jitted float32 [2048, 2048] x [2048, 2048] matmuls (`--peak-size`), 2*n^3
-FLOPs each, on the default device; `fraction_of_matmul_peak` is
+jitted [2048, 2048] x [2048, 2048] matmuls (`--peak-size`) in the step's
+dtype, through the model's own product (layers.matmul), 2*n^3 FLOPs each, on
+the default device; `fraction_of_matmul_peak` is
 model_flops_per_s over it: how much of what this machine's matmuls reach the
 step uses (None when model FLOPs are not counted).
 
@@ -237,10 +238,12 @@ def _xla_flops(compiled):
 
 
 def matmul_peak(n=2048, repeats=5, dtype="float32"):
-  """FLOP/s of the best of `repeats` jitted [n, n] x [n, n] matmuls (2 n^3 FLOPs)."""
+  """FLOP/s of the best of `repeats` jitted [n, n] x [n, n] matmuls (2 n^3
+  FLOPs) in `dtype`, through the model's own product (layers.matmul: for
+  bfloat16 on CPU, bf16 operands with float32 sums, XLA:CPU's fastest form)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-  matmul = jax.jit(jnp.dot)
+  matmul = jax.jit(lambda a, b: layers.matmul("...i,io->...o", a, b, dtype))
   jax.block_until_ready(matmul(a, b))
   best = float("inf")
   for _ in range(repeats):
@@ -336,7 +339,7 @@ def parse_args(argv=None):
   parser.add_argument("--smop-prompts", type=int, default=4)
   parser.add_argument("--smop-length", type=int, default=5)
   parser.add_argument("--peak-size", type=int, default=2048,
-                      help="n of the [n, n] float32 matmul timed as this machine's peak")
+                      help="n of the [n, n] matmul (in --dtype) timed as this machine's peak")
   args = parser.parse_args(argv)
   for name in ("batch", "inputs", "targets", "prompt", "steps", "smop_prompts", "smop_length",
                "peak_size"):
@@ -351,20 +354,21 @@ def parse_args(argv=None):
 
 def prompt_model(config, prompt_length, inputs, targets, seed):
   """(model with a random-uniform prompt of `prompt_length`, its frozen
-  parameters drawn at random with seed + 1)."""
+  parameters drawn at random with seed + 1, stored as pt-train stores them:
+  model_params.narrow_frozen)."""
   prompt = prompts.Prompt(length=prompt_length, init=initializers.random_uniform())
   model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
   frozen = param_utils.split(
       model_params.init_random(model, jax.random.PRNGKey(seed + 1),
                                model_params.dummy_batch(1, inputs, targets)),
       methods.TRAINABLE_PARAMS)[1]
-  return model, frozen
+  return model, model_params.narrow_frozen(frozen, config.dtype)
 
 
 def main(argv=None):
   """Runs the benchmark(s); prints and returns the JSON rows."""
   args = parse_args(argv)
-  args.matmul_peak = matmul_peak(args.peak_size)
+  args.matmul_peak = matmul_peak(args.peak_size, dtype=args.dtype)
   # CPU backends may not donate buffers; pt-train sees the same harmless warning.
   warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
   config = dataclasses.replace(make_config(args.size, args.dtype), remat_policy=args.remat)
