@@ -221,3 +221,19 @@ def test_batch_not_divisible_by_data_shards_is_refused(tmp_path):
     del os.environ["XLA_FLAGS"]
   assert_one_line_error(result, "pt-train", "BATCH_SIZE 12", "8 data-parallel shards")
   assert not model_dir.exists()
+
+
+def test_processes_agree_on_each_batch_bucket():
+  """data.fit_batch over 2 processes whose rows need different lengths
+  (process 0: 10 inputs, 3 targets; process 1: 40, 5): each alone would cut
+  to its own bucket (inputs 12 vs 48; targets 8 both); together both cut to
+  the larger, or the global batch could not be assembled."""
+  out = launch("fit_batch_worker", [], 2, 1, timeout=120)
+  rows = [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in out]
+  assert [r["process"] for r in rows] == [0, 1]
+  assert rows[0]["local"]["encoder_input_tokens"] == [2, 12]
+  assert rows[1]["local"]["encoder_input_tokens"] == [2, 48]
+  for row in rows:
+    assert row["agreed"]["encoder_input_tokens"] == [2, 48]
+    assert row["agreed"]["decoder_target_tokens"] == [2, 8]
+  assert rows[0]["agreed"] == rows[1]["agreed"]
