@@ -245,13 +245,19 @@ class RelativePositionBiases(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, qlen, klen, bidirectional=True, offset=0):
-    """Queries at positions offset..offset+qlen-1, keys at 0..klen-1."""
+  def __call__(self, qlen, klen, bidirectional=True, offset=0, query_index=None):
+    """Queries at positions offset..offset+qlen-1, keys at 0..klen-1.
+
+    query_index (a traced scalar; incremental decoding): only that query's row,
+    [1, heads, 1, klen].
+    """
     # Computed with numpy: the bucket pattern is static for given lengths.
     context = offset + np.arange(qlen, dtype=np.int32)[:, None]
     memory = np.arange(klen, dtype=np.int32)[None, :]
     buckets = relative_position_bucket(memory - context, bidirectional,
                                        self.num_buckets, self.max_distance)
+    if query_index is not None:
+      buckets = jax.lax.dynamic_slice_in_dim(jnp.asarray(buckets, jnp.int32), query_index, 1, 0)
     rel_embedding = _param(
         self, "rel_embedding",
         nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),

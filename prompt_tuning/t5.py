@@ -241,23 +241,29 @@ class Decoder(nn.Module):
     # T5X: padding is read off the targets (inputs start with id 0 = pad).
     real = (decoder_target_tokens if decoder_target_tokens is not None
             else jnp.ones_like(decoder_input_tokens)) > 0
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    self_mask = causal[None, None] & real[:, None, None, :] & real[:, None, :, None]
     cross_mask = real[:, None, :, None] & encoder_mask[:, None, None, :]
     # A positioned prefix (PEFT's placement) sits at positions 0..l-1, visible
     # to every query, and the tokens follow it.
     offset = self.sites.prefix_positions("decoder/self_attention")
-    if offset:
-      seen = jnp.broadcast_to(real[:, None, :, None], real.shape[:1] + (1, length, offset))
-      self_mask = jnp.concatenate([seen, self_mask], axis=-1)
-    self_bias = layers.RelativePositionBiases(
+    relpos = layers.RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        cfg.num_heads, dt, name="relpos_bias")(length, offset + length, bidirectional=False,
-                                               offset=offset)
-    self_bias = self_bias + layers.attention_bias(self_mask, dt)
+        cfg.num_heads, dt, name="relpos_bias")
+    if incremental:
+      # Only the query row of the token at `step` (cross is [b, 1, 1, S]
+      # already): the prefix and the tokens up to `step` are visible.
+      self_bias = relpos(length, offset + length, bidirectional=False, offset=offset,
+                         query_index=step)
+      visible = jnp.arange(offset + length) <= offset + step
+      self_bias = self_bias + layers.attention_bias(visible[None, None, None, :], dt)
+    else:
+      causal = jnp.tril(jnp.ones((length, length), bool))
+      self_mask = causal[None, None] & real[:, None, None, :] & real[:, None, :, None]
+      if offset:
+        seen = jnp.broadcast_to(real[:, None, :, None], real.shape[:1] + (1, length, offset))
+        self_mask = jnp.concatenate([seen, self_mask], axis=-1)
+      self_bias = relpos(length, offset + length, bidirectional=False, offset=offset)
+      self_bias = self_bias + layers.attention_bias(self_mask, dt)
     cross_bias = layers.attention_bias(cross_mask, dt)
-    if incremental:  # the query row of the token at `step` ([b, 1, 1, S] cross already)
-      self_bias = jax.lax.dynamic_slice_in_dim(self_bias, step, 1, axis=2)
 
     x = self.shared_embedding(decoder_input_tokens)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
