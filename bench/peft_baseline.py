@@ -31,8 +31,8 @@ PyTorch's mixed precision (float32 parameters, bf16 matmuls; oneDNN's bf16
 kernels on AVX512-BF16 cores), the counterpart of our ACTIVATION_DTYPE
 'bfloat16'.
 """
-import contextlib
 import argparse
+import contextlib
 import json
 import resource
 import statistics

@@ -358,11 +358,9 @@ def prompt_model(config, prompt_length, inputs, targets, seed):
   model_params.narrow_frozen)."""
   prompt = prompts.Prompt(length=prompt_length, init=initializers.random_uniform())
   model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
-  frozen = param_utils.split(
-      model_params.init_random(model, jax.random.PRNGKey(seed + 1),
-                               model_params.dummy_batch(1, inputs, targets)),
-      methods.TRAINABLE_PARAMS)[1]
-  return model, model_params.narrow_frozen(frozen, config.dtype)
+  return model, model_params.init_random_frozen(
+      model, jax.random.PRNGKey(seed + 1), model_params.dummy_batch(1, inputs, targets),
+      methods.TRAINABLE_PARAMS)
 
 
 def main(argv=None):

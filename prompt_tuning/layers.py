@@ -115,10 +115,10 @@ def _library_shape(spec, a_shape, b_shape):
   sizes = {}
   for term, shape in ((lhs, a_shape), (rhs, b_shape)):
     named = term.replace("...", "")
-    ellipsis = len(shape) - len(named)
-    sizes.update(zip(named, shape[ellipsis:] if term.startswith("...") else shape))
+    ellipsis = len(shape) - len(named)  # 0 without "...", which only leads (checked)
+    sizes.update(zip(named, shape[ellipsis:]))
     if "..." in term:
-      sizes.setdefault("...", int(np.prod(shape[:ellipsis]) if term.startswith("...") else 1))
+      sizes.setdefault("...", int(np.prod(shape[:ellipsis])))
   letters = lambda t: [c for c in t.replace("...", "")] + (["..."] if "..." in t else [])
   m = k = n = 1
   for index, size in sizes.items():

@@ -73,6 +73,14 @@ NARROWED_PARAMS = re.compile(
     r"(query|key|value|out|wi|wi_\d+|wo)/kernel")
 
 
+def init_random_frozen(model, rng, batch, patterns, mesh=None):
+  """The frozen parameters (not matching `patterns`) drawn at random, stored as
+  `load_frozen` stores a checkpoint's (`narrow_frozen`): benchmarks, demos,
+  runs without INITIAL_CHECKPOINT_PATH."""
+  frozen = param_utils.split(init_random(model, rng, batch, mesh), patterns)[1]
+  return narrow_frozen(frozen, model.config.dtype)
+
+
 def narrow_frozen(frozen, dtype):
   """`frozen` with the NARROWED_PARAMS stored in `dtype` (ACTIVATION_DTYPE).
 

@@ -273,9 +273,8 @@ def train(*,
                                       trainable_params, mesh)
   else:
     logging.warning("INITIAL_CHECKPOINT_PATH is not set: the frozen model is RANDOM")
-    frozen = model_params.narrow_frozen(param_utils.split(
-        model_params.init_random(model, jax.random.PRNGKey(random_seed + 1), shapes_batch, mesh),
-        trainable_params)[1], model.config.dtype)
+    frozen = model_params.init_random_frozen(model, jax.random.PRNGKey(random_seed + 1),
+                                             shapes_batch, trainable_params, mesh)
   trainable = model_params.init_trainable(model, init_rng, shapes_batch, trainable_params, mesh)
   if not param_utils.flatten(trainable):
     raise TrainError(f"no parameter matches the trainable patterns {list(trainable_params)}")
