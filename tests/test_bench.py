@@ -157,3 +157,23 @@ def test_task_mode_on_fewglue_rte(capsys, fewglue_dir, t5_vocab_path):
   assert all(e < 256 for e, _ in grouped["shapes"])
   assert grouped["group_by_length"] == 2
   assert set(summary["speedup_over_fixed"]) >= {"fixed"}
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("train_step.py", ["--dtype", "float16"]),
+    ("task_step.py", ["--dtype", "float16"]),
+    ("peft_baseline.py", ["run", "--fixed", "8", "--dtype", "float16"]),
+])
+def test_bad_dtype_is_one_usage_error(script, argv, capsys):
+  """--dtype takes float32 or bfloat16; anything else is argparse's usage
+  error (exit 2) naming the choices, before any work."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "bench" / script
+  spec = importlib.util.spec_from_file_location(f"bench_{path.stem}_dtype", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  entry = module.parse_args if hasattr(module, "parse_args") else module.main
+  with pytest.raises(SystemExit) as exit_info:
+    entry(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "--dtype: invalid choice: 'float16'" in err and "'bfloat16'" in err
