@@ -172,6 +172,10 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
       if line.startswith("step 3/"):
         break
     assert lines and lines[-1].startswith("step 3/"), "".join(lines)
+    # Paused (still alive, still holding MODEL_DIR) while the second runs try:
+    # it would otherwise train on, and the straight run below would have to
+    # repeat every step it took.
+    first.send_signal(signal.SIGSTOP)
     config_before = (model_dir / "config.gin").read_text()
     second = helpers.run_cli("pt-train", train_args(
         model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
@@ -183,7 +187,8 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
                                                     *common))
     assert_one_line_error(second, "pt-train", f"in use by another pt-train (pid {first.pid}")
     assert (model_dir / "config.gin").read_text() == config_before
-    first.send_signal(signal.SIGTERM)
+    first.send_signal(signal.SIGTERM)  # pending until it runs again
+    first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=120)
   finally:
     first.kill()
