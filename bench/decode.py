@@ -53,6 +53,8 @@ def main(argv=None):
                                     model_params.dummy_batch(1, args.inputs, 4))
   params["decoder"]["logits_dense"]["kernel"] = (
       params["decoder"]["logits_dense"]["kernel"].at[:, models.EOS_ID].set(0.0))
+  # The frozen weights stored as pt-eval stores a checkpoint's (load_frozen).
+  params = model_params.narrow_frozen(params, dtype)
   tokens = train_step.make_batch(0, args.batch, args.inputs, 4)["encoder_input_tokens"]
   encode = jax.jit(model.encode).lower(params, tokens).compile()
   times = []
