@@ -122,3 +122,62 @@ def snapshot(directory):
     if path.is_file():
       out[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
   return out
+
+
+# ------------------------------------------- a tiny T5 built in Python (no gin)
+
+
+def tiny_config(**changes):
+  """A 2 + 2 layer T5 1.1 of width 32 over a 64-token vocabulary, for tests of
+  the model's numerics (remat, bf16 products, decoding); `changes` replace
+  fields (dtype, dropout_rate, remat_policy, ...)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import t5  # pylint: disable=g-import-not-at-top
+  config = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
+                       num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+                       dtype="float32", relative_attention_num_buckets=8,
+                       relative_attention_max_distance=16)
+  return dataclasses.replace(config, **changes)
+
+
+def loss_batch(batch=4, inputs=9, targets=5, vocab=64):
+  """A fixed random training batch with one padded input row and one padded
+  target row."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  target_tokens = rng.integers(2, vocab, (batch, targets)).astype(np.int32)
+  target_tokens[1, 3:] = 0
+  input_tokens = rng.integers(2, vocab, (batch, inputs)).astype(np.int32)
+  input_tokens[2, 6:] = 0
+  return {"encoder_input_tokens": jnp.asarray(input_tokens),
+          "decoder_input_tokens": jnp.asarray(np.pad(target_tokens, ((0, 0), (1, 0)))[:, :-1]),
+          "decoder_target_tokens": jnp.asarray(target_tokens),
+          "decoder_loss_weights": jnp.asarray(target_tokens > 0, jnp.float32)}
+
+
+def perturbed_params(model, inputs=9, targets=5, scale=0.1, seed=0, noise_seed=1):
+  """Random parameters (float32) with every one perturbed by `scale` normal
+  noise, so that zero-initialised ones (LoRA B, adapter `up`) matter too."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import model_params, param_utils  # pylint: disable=g-import-not-at-top
+  params = model_params.init_random(model, jax.random.PRNGKey(seed),
+                                    model_params.dummy_batch(1, inputs, targets))
+  rng = np.random.default_rng(noise_seed)
+  flat = {k: jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape).astype(np.float32))
+          for k, v in param_utils.flatten(params).items()}
+  return param_utils.unflatten(flat)
+
+
+def loss_and_grads(model, params, batch=None, dropout_rng=None):
+  """(loss, gradients of the trainable parameters) of one jitted step on
+  `batch` (default `loss_batch()`)."""
+  from prompt_tuning import methods, param_utils  # pylint: disable=g-import-not-at-top
+  batch = loss_batch() if batch is None else batch
+  trainable, frozen = param_utils.split(params, methods.TRAINABLE_PARAMS)
+
+  def loss(trainable):
+    return model.loss_fn(param_utils.merge(trainable, frozen), batch,
+                         dropout_rng=dropout_rng)[0]
+  return jax.device_get(jax.jit(jax.value_and_grad(loss))(trainable))

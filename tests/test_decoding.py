@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import layers
 from prompt_tuning import methods
 from prompt_tuning import model_params
@@ -20,10 +21,7 @@ from prompt_tuning import prompts
 from prompt_tuning import smop
 from prompt_tuning import t5
 
-TINY = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
-                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
-                   dtype="float32", relative_attention_num_buckets=8,
-                   relative_attention_max_distance=16)
+TINY = helpers.tiny_config()
 PROMPT = prompts.Prompt(length=3, init=nn.initializers.normal(1.0))
 B, L, STEPS = 4, 7, 12
 
@@ -33,15 +31,9 @@ def _model(prompt=PROMPT, sites=layers.IDENTITY, config=TINY):
 
 
 def _params(model, seed=0):
-  """Random parameters, every one perturbed (so zero-initialised LoRA B and
-  adapter `up` matter), with EOS made likely enough to end some rows early."""
-  params = model_params.init_random(model, jax.random.PRNGKey(seed),
-                                    model_params.dummy_batch(1, L, 4))
-  flat = param_utils.flatten(params)
-  rng = np.random.default_rng(seed)
-  flat = {k: np.asarray(v) + 0.3 * rng.standard_normal(v.shape).astype(np.float32)
-          for k, v in flat.items()}
-  return param_utils.unflatten(flat)
+  """Random parameters, every one perturbed, with EOS made likely enough to end
+  some rows early."""
+  return helpers.perturbed_params(model, L, 4, scale=0.3, seed=seed, noise_seed=seed)
 
 
 def _batch(seed=0, vocab=TINY.vocab_size):

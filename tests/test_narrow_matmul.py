@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import layers
 from prompt_tuning import methods
 from prompt_tuning import model_params
@@ -19,10 +20,7 @@ from prompt_tuning import param_utils
 from prompt_tuning import prompts
 from prompt_tuning import t5
 
-BF16 = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
-                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
-                   dtype="bfloat16", relative_attention_num_buckets=8,
-                   relative_attention_max_distance=16, remat_policy="none")
+BF16 = helpers.tiny_config(dtype="bfloat16", remat_policy="none")
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the narrow path is CPU's")
 
 
@@ -70,33 +68,6 @@ def _model(sites=layers.IDENTITY, prompt_length=3, config=BF16, smop=False):
   return models.EncoderDecoderModel(t5.Transformer(config, prompt=prompt, sites=sites))
 
 
-def _batch():
-  rng = np.random.default_rng(0)
-  targets = rng.integers(2, 64, (4, 5)).astype(np.int32)
-  targets[1, 3:] = 0
-  inputs = rng.integers(2, 64, (4, 9)).astype(np.int32)
-  inputs[2, 6:] = 0
-  return {"encoder_input_tokens": jnp.asarray(inputs),
-          "decoder_input_tokens": jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
-          "decoder_target_tokens": jnp.asarray(targets),
-          "decoder_loss_weights": jnp.asarray(targets > 0, jnp.float32)}
-
-
-def _params(model):
-  params = model_params.init_random(model, jax.random.PRNGKey(0), model_params.dummy_batch(1, 9, 5))
-  rng = np.random.default_rng(1)  # every parameter non-trivial (LoRA B, adapter up)
-  return jax.tree_util.tree_map(
-      lambda v: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32), params)
-
-
-def _loss_and_grads(model, params):
-  trainable, frozen = param_utils.split(params, methods.TRAINABLE_PARAMS)
-
-  def loss(trainable):
-    return model.loss_fn(param_utils.merge(trainable, frozen), _batch())[0]
-  return jax.device_get(jax.jit(jax.value_and_grad(loss))(trainable))
-
-
 METHODS = {
     "prompt": {},
     "smop": {"smop": True},
@@ -115,10 +86,10 @@ def test_loss_and_gradients_match_the_plain_einsum(name, monkeypatch):
   """The whole bf16 model: loss and trainable gradients as with plain bf16
   einsums (XLA widening both operands), to bf16's rounding."""
   model = _model(**METHODS[name])
-  params = _params(model)
-  narrow_loss, narrow_grads = _loss_and_grads(model, params)
+  params = helpers.perturbed_params(model)
+  narrow_loss, narrow_grads = helpers.loss_and_grads(model, params)
   monkeypatch.setattr(layers, "_library_shape", lambda *a: False)
-  plain_loss, plain_grads = _loss_and_grads(model, params)
+  plain_loss, plain_grads = helpers.loss_and_grads(model, params)
   assert np.isfinite(narrow_loss)
   np.testing.assert_allclose(narrow_loss, plain_loss, rtol=2e-2)
   for key, g in param_utils.flatten(plain_grads).items():
@@ -131,7 +102,7 @@ def test_loss_and_gradients_match_the_plain_einsum(name, monkeypatch):
 @pytest.mark.parametrize("remat", ["layer", "matmuls"])
 def test_remat_policies_run(remat):
   model = _model(config=dataclasses.replace(BF16, remat_policy=remat))
-  loss, grads = _loss_and_grads(model, _params(model))
+  loss, grads = helpers.loss_and_grads(model, helpers.perturbed_params(model))
   assert np.isfinite(loss)
   assert all(np.all(np.isfinite(np.asarray(g, np.float32)))
              for g in jax.tree_util.tree_leaves(grads))
@@ -143,8 +114,8 @@ def test_greedy_decoding_cached_and_uncached(name):
   """Both decoding paths run with bf16 products (a decoding step is a [b, 1]
   product) and agree token for token on this model."""
   model = _model(**METHODS[name])
-  params = _params(model)
-  batch = _batch()
+  params = helpers.perturbed_params(model)
+  batch = helpers.loss_batch()
   cached = np.asarray(model.predict_batch(params, batch, max_decode_length=6, cached=True))
   uncached = np.asarray(model.predict_batch(params, batch, max_decode_length=6, cached=False))
   assert cached.shape == (4, 6)
@@ -156,7 +127,7 @@ def test_narrowed_frozen_names():
   norm scales (read in float32), nor any method parameter (a frozen SMoP
   router keeps float32)."""
   model = _model(sites=METHODS["lora_all+adapters"]["sites"], smop=True)
-  params = param_utils.flatten(_params(model))
+  params = param_utils.flatten(helpers.perturbed_params(model))
   narrowed = param_utils.flatten(model_params.narrow_frozen(param_utils.unflatten(params),
                                                             "bfloat16"))
   cast = {k for k, v in narrowed.items() if v.dtype == jnp.bfloat16}
@@ -179,12 +150,12 @@ def test_narrowed_frozen_changes_no_number(name):
   """Loss and gradients with the frozen weights stored in bf16 are the ones
   with them in float32, bit for bit: the layers cast them where they read them."""
   model = _model(**METHODS[name])
-  params = _params(model)
+  params = helpers.perturbed_params(model)
   trainable, frozen = param_utils.split(params, methods.TRAINABLE_PARAMS)
   narrowed = model_params.narrow_frozen(frozen, "bfloat16")
   assert any(v.dtype == jnp.bfloat16 for v in jax.tree_util.tree_leaves(narrowed))
-  want_loss, want_grads = _loss_and_grads(model, param_utils.merge(trainable, frozen))
-  got_loss, got_grads = _loss_and_grads(model, param_utils.merge(trainable, narrowed))
+  want_loss, want_grads = helpers.loss_and_grads(model, param_utils.merge(trainable, frozen))
+  got_loss, got_grads = helpers.loss_and_grads(model, param_utils.merge(trainable, narrowed))
   np.testing.assert_array_equal(got_loss, want_loss)
   for key, g in param_utils.flatten(want_grads).items():
     np.testing.assert_array_equal(param_utils.flatten(got_grads)[key], g, err_msg=key)
@@ -196,8 +167,8 @@ def test_one_example_and_ensembles_decode():
   example) decode with bf16 products, cached as uncached."""
   from prompt_tuning import multiprompt  # pylint: disable=g-import-not-at-top
   model = _model()
-  batch = {k: v[:1] for k, v in _batch().items()}
-  one = [np.asarray(model.predict_batch(_params(model), batch, max_decode_length=6, cached=c))
+  batch = {k: v[:1] for k, v in helpers.loss_batch().items()}
+  one = [np.asarray(model.predict_batch(helpers.perturbed_params(model), batch, max_decode_length=6, cached=c))
          for c in (True, False)]
   np.testing.assert_array_equal(one[0], one[1])
   members = []
@@ -208,7 +179,7 @@ def test_one_example_and_ensembles_decode():
   patterns = ["encoder/prompt/.*"]
   stacked = multiprompt.stack_trees([param_utils.split(p, patterns)[0] for p in members])
   frozen = model_params.narrow_frozen(param_utils.split(members[0], patterns)[1], "bfloat16")
-  tokens = _batch()["encoder_input_tokens"]
+  tokens = helpers.loss_batch()["encoder_input_tokens"]
 
   def member(params, cached):
     encoded, mask = model.encode(params, tokens)

@@ -5,10 +5,10 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import gin_utils
 from prompt_tuning import methods
 from prompt_tuning import model_params
@@ -17,10 +17,7 @@ from prompt_tuning import param_utils
 from prompt_tuning import prompts
 from prompt_tuning import t5
 
-TINY = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
-                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1,
-                   dtype="float32", relative_attention_num_buckets=8,
-                   relative_attention_max_distance=16, remat_policy="none")
+TINY = helpers.tiny_config(dropout_rate=0.1, remat_policy="none")
 SITES = methods.Methods(lora=methods.LoRAMethod(rank=2),
                         adapters=methods.AdapterMethod(bottleneck=4, sublayers=("mlp",)))
 
@@ -31,34 +28,15 @@ def _model(policy):
       config, prompt=prompts.Prompt(length=3, init=nn.initializers.normal(1.0)), sites=SITES))
 
 
-def _batch():
-  rng = np.random.default_rng(0)
-  targets = rng.integers(2, 64, (4, 5)).astype(np.int32)
-  targets[1, 3:] = 0
-  return {"encoder_input_tokens": jnp.asarray(rng.integers(2, 64, (4, 9)), jnp.int32),
-          "decoder_input_tokens": jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
-          "decoder_target_tokens": jnp.asarray(targets),
-          "decoder_loss_weights": jnp.asarray(targets > 0, jnp.float32)}
-
-
 @pytest.fixture(scope="module")
 def reference():
   model = _model("none")
-  params = model_params.init_random(model, jax.random.PRNGKey(0), model_params.dummy_batch(1, 9, 5))
-  rng = np.random.default_rng(1)  # every parameter non-trivial (LoRA B, adapter up)
-  params = jax.tree_util.tree_map(
-      lambda v: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32), params)
+  params = helpers.perturbed_params(model)
   return params, _loss_and_grads(model, params)
 
 
 def _loss_and_grads(model, params):
-  patterns = methods.TRAINABLE_PARAMS
-  trainable, frozen = param_utils.split(params, patterns)
-
-  def loss(trainable):
-    return model.loss_fn(param_utils.merge(trainable, frozen), _batch(),
-                         dropout_rng=jax.random.PRNGKey(3))[0]
-  return jax.device_get(jax.jit(jax.value_and_grad(loss))(trainable))
+  return helpers.loss_and_grads(model, params, dropout_rng=jax.random.PRNGKey(3))
 
 
 @pytest.mark.parametrize("policy", ["layer", "matmuls", "auto"])
@@ -83,7 +61,7 @@ def test_same_params_loss_and_gradients(policy, reference):
 
 def test_remat_is_really_applied():
   """'layer' and 'matmuls' put a checkpoint (remat) in the gradient's jaxpr."""
-  batch = _batch()
+  batch = helpers.loss_batch()
   for policy, expected in (("none", False), ("layer", True), ("matmuls", True)):
     model = _model(policy)
     params = model_params.init_random(model, jax.random.PRNGKey(0),
