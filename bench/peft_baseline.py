@@ -24,7 +24,8 @@ no relative step, no warm-up init), the loss PEFT's forward computes from
 to their longest example, as transformers' DataCollatorForSeq2Seq does
 (`--fixed N`: random tokens, every example N inputs long, as
 bench/train_step.py). `--warmup` untimed steps, then `--steps` timed steps;
-prints one JSON line: median step time, examples/s, padded-token fraction,
+prints one JSON line: median step time, examples/s (and both over the mean
+step, `*_mean`, as bench/task_step.py counts), padded-token fraction,
 peak RSS. Torch uses every core (torch.get_num_threads() is printed).
 `--dtype bfloat16`: the same run under `torch.autocast("cpu", torch.bfloat16)`,
 PyTorch's mixed precision (float32 parameters, bf16 matmuls; oneDNN's bf16
@@ -133,6 +134,8 @@ def run(args):
       "dtype": args.dtype,
       "data": f"fixed {args.fixed}" if args.fixed else args.tokens,
       "steps": args.steps, "step_s": step_s, "examples_per_s": args.batch / step_s,
+      # Over the mean step, as bench/task_step.py's examples_per_s.
+      "step_s_mean": statistics.mean(times), "examples_per_s_mean": args.batch / statistics.mean(times),
       "encoder_padded_fraction": 1 - real / padded, "final_loss": float(loss),
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
