@@ -38,8 +38,8 @@ def configure_sources(vocabulary=None,
                       mrqa_data_dir: Optional[str] = None) -> registration.Settings:
   """Points the shipped tasks (prompt_tuning.tasks) at the run's vocabulary and data.
 
-  Passes the run's VOCABULARY and SUPERGLUE_DATA_DIR (and SQuAD / MRQA folders)
-  to `prompt_tuning.tasks.registration.configure`, which registers the shipped
+  Passes the run's VOCABULARY, SUPERGLUE_DATA_DIR, SQUAD_DATA_DIR and
+  MRQA_DATA_DIR to `prompt_tuning.tasks.registration.configure`, which registers the shipped
   tasks and mixtures again with them: task modules imported before this call
   follow it as well as those imported after, and the latest call wins. None
   means the user's default ($PT_VOCABULARY_PATH or T5's vocabulary;

@@ -431,6 +431,8 @@ def evaluate(*,
              decoding: str = "auto",
              vocabulary=None,
              superglue_data_dir: Optional[str] = None,
+             squad_data_dir: Optional[str] = None,
+             mrqa_data_dir: Optional[str] = None,
              prompt_files: Optional[Sequence[str]] = None):
   """Evaluates and returns {task: {metric: value}}.
 
@@ -456,7 +458,7 @@ def evaluate(*,
                               "inference_eval")
   else:
     raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
-  data.configure_sources(vocabulary, superglue_data_dir)
+  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
   data.import_task_modules(mixture_or_task_module)
   data.get_task(mixture_or_task_name)
   data.check_vocabularies(mixture_or_task_name)

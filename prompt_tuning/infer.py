@@ -341,14 +341,16 @@ def infer(input_path: str,
           mesh_fn=partitioning.make_mesh,
           decoding: str = "auto",
           vocabulary=None,
-          superglue_data_dir: Optional[str] = None) -> list:
+          superglue_data_dir: Optional[str] = None,
+          squad_data_dir: Optional[str] = None,
+          mrqa_data_dir: Optional[str] = None) -> list:
   """Predicts every example of `input_path`, writes `output_path` (process 0)
   and returns the output dicts. `prompt_files`: {task: path}, or --prompts
   values (parse_prompts)."""
   if decoding not in DECODINGS:
     raise gin_utils.ConfigError(f"EVAL_DECODING must be one of {DECODINGS} for pt-infer, got "
                                 f"{decoding!r}")
-  data.configure_sources(vocabulary, superglue_data_dir)
+  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
   data.import_task_modules(mixture_or_task_module)
   if not isinstance(prompt_files, Mapping):
     prompt_files = parse_prompts(prompt_files, set(seqio.TaskRegistry.names()))

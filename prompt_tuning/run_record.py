@@ -67,6 +67,7 @@ def bindings() -> dict:
 RESUMABLE = frozenset([
     "TRAIN_STEPS", "EVAL_PERIOD", "LOG_PERIOD", "CHECKPOINT_PERIOD", "KEEP_CHECKPOINTS",
     "EVAL_DECODING", "USE_CACHED_TASKS", "MIXTURE_OR_TASK_MODULE", "SUPERGLUE_DATA_DIR",
+    "SQUAD_DATA_DIR", "MRQA_DATA_DIR",
     "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions",
     # How batches are padded, what the backward pass recomputes and how greedy
     # decoding runs change float rounding, memory and speed, not what trains.
@@ -76,7 +77,8 @@ RESUMABLE = frozenset([
         f"trainer.train.{param}" for param in (
             "train_steps", "eval_period", "log_period", "checkpoint_period", "keep_checkpoints",
             "eval_decoding", "eval_split", "eval_batch_size", "use_cached_tasks",
-            "mixture_or_task_module", "superglue_data_dir", "model_dir", "stop_after_step")])
+            "mixture_or_task_module", "superglue_data_dir", "squad_data_dir", "mrqa_data_dir",
+            "model_dir", "stop_after_step")])
 
 
 def changes(previous: dict, current: dict) -> tuple:

@@ -236,6 +236,8 @@ def train(*,
           eval_decoding: str = "auto",
           vocabulary=None,
           superglue_data_dir: Optional[str] = None,
+          squad_data_dir: Optional[str] = None,
+          mrqa_data_dir: Optional[str] = None,
           stop_after_step: Optional[int] = None):
   """Trains the prompt; returns the final trainable parameters (numpy tree).
 
@@ -246,7 +248,7 @@ def train(*,
                   keep_checkpoints=keep_checkpoints, eval_period=eval_period,
                   log_period=log_period, random_seed=random_seed, eval_split=eval_split,
                   eval_decoding=eval_decoding, task_feature_lengths=task_feature_lengths)
-  data.configure_sources(vocabulary, superglue_data_dir)
+  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
   data.import_task_modules(mixture_or_task_module)
   data.get_task(mixture_or_task_name)
   data.check_vocabularies(mixture_or_task_name)

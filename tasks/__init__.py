@@ -13,9 +13,9 @@ Importing a task module registers its tasks:
 
 These tasks use the configured vocabulary and data folders:
 `registration.configure(vocabulary=..., superglue_data_dir=...,
-squad_data_dir=..., mrqa_data_dir=...)` (called by pt-train / pt-eval with
-VOCABULARY and SUPERGLUE_DATA_DIR; the SQuAD and MRQA folders default to
-$SQUAD_DATA_DIR and $MRQA_DATA_DIR) registers them again with those, whether
+squad_data_dir=..., mrqa_data_dir=...)` (called by pt-train / pt-eval /
+pt-infer with VOCABULARY, SUPERGLUE_DATA_DIR, SQUAD_DATA_DIR and
+MRQA_DATA_DIR) registers them again with those, whether
 they were imported before or after the call.
 
 Helpers: `registration` (`add_task`, `add_mixture`, `configure`), `features`

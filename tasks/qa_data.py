@@ -49,10 +49,10 @@ MRQA_URL = "https://s3.us-east-2.amazonaws.com/mrqa/release/v2"
 MRQA_RELEASE_DIRS = {"train": "train", "validation": "dev"}
 
 # How a user points the sources at the files, for error messages.
-_SET_SQUAD_DIR = (f"${sources.SQUAD_DATA_DIR_ENV} (or "
-                  "registration.configure(squad_data_dir=...))")
-_SET_MRQA_DIR = (f"${sources.MRQA_DATA_DIR_ENV} (or "
-                 "registration.configure(mrqa_data_dir=...))")
+_SET_SQUAD_DIR = ("--gin.SQUAD_DATA_DIR (or $" + sources.SQUAD_DATA_DIR_ENV
+                  + ", or registration.configure(squad_data_dir=...))")
+_SET_MRQA_DIR = ("--gin.MRQA_DATA_DIR (or $" + sources.MRQA_DATA_DIR_ENV
+                 + ", or registration.configure(mrqa_data_dir=...))")
 
 FEATURES = {
     "id": tf.TensorSpec([], tf.string),

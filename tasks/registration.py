@@ -10,15 +10,15 @@ preprocessors, postprocessor and metrics; class labels are kept by name in
 `labels`) whenever the settings differ from the registered ones. So a task
 module imported before the call follows it as well as one imported after, and
 a run reads what its config says. pt-train and pt-eval call it through
-`data.configure_sources` with the run's VOCABULARY and SUPERGLUE_DATA_DIR.
+`data.configure_sources` with the run's VOCABULARY and data folders.
 
 Defaults, used until `configure` is called and for its None arguments:
 `features.default_vocabulary()` (T5's model, or $PT_VOCABULARY_PATH),
 `sources.default_superglue_data_dir()` ($SUPERGLUE_DATA_DIR, else TFDS), and
 likewise $SQUAD_DATA_DIR and $MRQA_DATA_DIR (else TFDS). Those environment
 variables are user-facing defaults only, read when the defaults are computed;
-nothing in the package sets them. (pt-train and pt-eval pass VOCABULARY and
-SUPERGLUE_DATA_DIR; the SQuAD and MRQA folders come from those defaults.)
+nothing in the package sets them. (pt-train, pt-eval and pt-infer pass
+VOCABULARY, SUPERGLUE_DATA_DIR, SQUAD_DATA_DIR and MRQA_DATA_DIR.)
 
 Tasks registered with their own `output_features`, and tasks registered
 directly with seqio (`demo`'s byte-level tasks), keep their vocabulary.

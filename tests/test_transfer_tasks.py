@@ -306,3 +306,49 @@ def test_paraphrase_transfer_labels_metrics_and_mixtures():
                                                      f"{prefix}glue_qqp_as_mrpc_v002"]
   assert glue_transfer.task_name("mrpc", "qqp", True) == "taskless_glue_mrpc_as_qqp_v002"
   assert qa.mrqa_task_name("bioasq") == "mrqa_bioasq_v100"
+
+
+# The real tiny T5X checkpoint (T5's vocabulary), as tests/test_methods_superglue.py.
+TINY_CKPT_FLAGS = ["--gin_file=models/t5_1_1_small_prompt.gin", "--gin_file=runs/prompt_eval.gin",
+                   "--gin.EMBED_DIM=4", "--gin.NUM_HEADS=2", "--gin.HEAD_DIM=2",
+                   "--gin.MLP_DIM=8", "--gin.NUM_ENCODER_LAYERS=2", "--gin.NUM_DECODER_LAYERS=2",
+                   "--gin.RELATIVE_ATTENTION_NUM_BUCKETS=4",
+                   "--gin.RELATIVE_ATTENTION_MAX_DISTANCE=8", "--gin.ACTIVATION_DTYPE='float32'",
+                   "--gin.PROMPT_LENGTH=3", "--gin.BATCH_SIZE=4",
+                   "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.tasks.qa'",
+                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}"]
+
+
+def test_pt_eval_reads_the_folders_of_its_gin_macros(folders, tmp_path, tiny_checkpoint,
+                                                     t5_vocab_path):
+  """--gin.SQUAD_DATA_DIR and --gin.MRQA_DATA_DIR (no environment variable):
+  pt-eval scores the hand-made files; a folder without them is one error line
+  that names the macro."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import helpers  # pylint: disable=g-import-not-at-top
+  prompt = tmp_path / "prompt.npy"
+  np.save(prompt, np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+  common = TINY_CKPT_FLAGS + [
+      f"--gin.CHECKPOINT_PATH='{tiny_checkpoint}'", f"--gin.PROMPT_FILE='{prompt}'",
+      f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{t5_vocab_path}'"]
+  for task, macro, folder, examples in (("squad_v110", "SQUAD_DATA_DIR", folders[0], 2),
+                                        ("mrqa_bioasq_v100", "MRQA_DATA_DIR", folders[1], 3)):
+    out = tmp_path / task
+    status, err = helpers.run_cli_in_process("pt-eval", common + [
+        f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.{macro}='{folder}'",
+        f"--gin.EVAL_OUTPUT_DIR='{out}'"])
+    assert status == 0, err[-3000:]
+    metrics = json.loads((out / f"{task}-metrics.jsonl").read_text().splitlines()[-1])
+    assert set(metrics) >= {"em", "f1"} and 0 <= metrics["f1"] <= 100, metrics
+    inferred = (out / f"{task}-000000.jsonl").read_text().splitlines()
+    assert len(inferred) == examples
+    # The same run with an empty folder: nothing written, one line naming the macro.
+    empty = tmp_path / f"empty_{macro}"
+    empty.mkdir()
+    status, err = helpers.run_cli_in_process("pt-eval", common + [
+        f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.{macro}='{empty}'",
+        f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'not_written'}'"])
+    lines = [l for l in err.splitlines() if l.startswith("pt-eval: error:")]
+    assert status == 1 and "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert f"--gin.{macro}" in lines[0] and str(empty) in lines[0], lines[0]
+    assert not (tmp_path / "not_written").exists()
