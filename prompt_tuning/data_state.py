@@ -79,7 +79,7 @@ class TrainIterator:
       self.checkpointable = False
       logging.warning(
           "the train data pipeline cannot be checkpointed (%s; a tf.py_function or "
-          "Dataset.from_generator source, e.g. the QA tasks' official files): checkpoints "
+          "Dataset.from_generator source in a custom task): checkpoints "
           "hold no data position, and a resume replays the data stream up to its step",
           _first_line(e))
       return None

@@ -352,3 +352,28 @@ def test_pt_eval_reads_the_folders_of_its_gin_macros(folders, tmp_path, tiny_che
     assert status == 1 and "Traceback" not in err and len(lines) == 1, err[-3000:]
     assert f"--gin.{macro}" in lines[0] and str(empty) in lines[0], lines[0]
     assert not (tmp_path / "not_written").exists()
+
+
+def test_train_stream_position_is_saved_and_restored(tmp_path, configured):
+  """The official files are read into memory, so pt-train's data state (the
+  tf.data iterator's checkpoint) covers the QA tasks: a restored iterator
+  continues the shuffled, repeated stream where it stopped, replaying nothing."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data_state  # pylint: disable=g-import-not-at-top
+  (tmp_path / "train-v1.1.json").write_text(json.dumps(SQUAD_DEV))
+  registration.configure(vocabulary=configured, squad_data_dir=str(tmp_path))
+
+  def stream():
+    return data_state.TrainIterator(data.get_dataset(
+        "squad_v110", {"inputs": 64, "targets": 16}, "train", 1, shuffle=True, seed=3))
+  first = stream()
+  for _ in range(3):
+    next(first)
+  files = first.state_files("train_ds")
+  assert files, "the QA train pipeline could not be checkpointed"
+  want = [next(first) for _ in range(5)]
+  second = stream()
+  assert second.restore("train_ds", files) is None
+  for expected, batch in zip(want, (next(second) for _ in range(5))):
+    for name, value in expected.items():
+      np.testing.assert_array_equal(batch[name], value, err_msg=name)
