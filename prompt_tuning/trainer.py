@@ -392,12 +392,32 @@ def train(*,
                               batch_size, f"the train split of {mixture_or_task_name!r}")
     lr = summaries.learning_rate()
     tick, tick_step, t0 = time.time(), start_step, time.time()
-    metrics = None
+
+    def check(done, metrics):
+      """Step `done`'s loss (waiting for the step); TrainError if it diverged."""
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss) or not bool(metrics["params_finite"]):
+        what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
+        raise TrainError(
+            f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
+            f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
+            f"{numpy_checkpoints.latest_step(model_dir)} are intact")
+      return loss
+
+    # JAX dispatches a step and returns at once. A step's loss is checked only
+    # after the next step is dispatched, so that the host reads, cuts and
+    # sends the next batch while the device still runs this one (as T5X,
+    # which does not wait for every step); a step that logs, saves, evaluates
+    # or stops is checked first, so nothing is written or reported from a
+    # diverged step, and the data iterator is never ahead of the step saved.
+    pending = None  # (step, metrics) dispatched and not yet checked
     with preemption.Watcher() as preempted:
       for step in range(start_step, train_steps):
         try:
           batch = next(iterator)
         except StopIteration:
+          if pending is not None:
+            check(*pending)
           raise TrainError(
               f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
         # Cut to its bucket lengths (PADDING; all processes agree on them).
@@ -406,14 +426,18 @@ def train(*,
                                                 partitioning.shard_batch(mesh, batch),
                                                 jnp.int32(step), step_rng)
         done = step + 1
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss) or not bool(metrics["params_finite"]):
-          what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
-          raise TrainError(
-              f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
-              f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
-              f"{numpy_checkpoints.latest_step(model_dir)} are intact")
-        if done % log_period == 0 or done == train_steps:
+        if pending is not None:
+          check(*pending)
+        pending = (done, metrics)
+        logs = done % log_period == 0 or done == train_steps
+        saved = done % checkpoint_period == 0 or done == train_steps
+        evals = evaluator is not None and (done % eval_period == 0 or done == train_steps)
+        stop = done < train_steps and preempted(done)
+        last = stop_after_step is not None and done >= stop_after_step
+        if not (logs or saved or evals or stop or last):
+          continue
+        loss, pending = check(*pending), None
+        if logs:
           now = time.time()
           steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
           host = {k: float(v) for k, v in jax.device_get(metrics).items()
@@ -429,20 +453,19 @@ def train(*,
                   f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
                   + (f" routing {routing}" if routing else ""), flush=True)
           tick, tick_step = now, done
-        saved = done % checkpoint_period == 0 or done == train_steps
         if saved:
           save(done)
-        if evaluator is not None and (done % eval_period == 0 or done == train_steps):
+        if evals:
           evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
                          eval_batch_size or batch_size, mesh, decoding=eval_decoding)
-        if done < train_steps and preempted(done):
+        if stop:
           if not saved:
             save(done)
           raise preemption.Preempted(
               f"stopped by SIGTERM after step {done} of {train_steps}: "
               f"{numpy_checkpoints.checkpoint_dir(model_dir, done)} is written; rerun the same "
               "command to resume")
-        if stop_after_step is not None and done >= stop_after_step:
+        if last:
           break
     if writer is not None:
       writer.close()

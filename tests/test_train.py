@@ -106,13 +106,23 @@ def test_keep_checkpoints(tmp_path, frozen_ckpt):
 
 
 def test_nan_loss_stops_with_clear_error(tmp_path, frozen_ckpt):
-  with pytest.raises(trainer.TrainError, match=r"(loss is (nan|inf)|the updated prompt is not finite) at step \d+.*checkpoints up to step \d+ are intact"):
-    helpers.train_in_process(tmp_path, [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
-                                        "CHECKPOINT_PERIOD = 1", "EVAL_PERIOD = None",
-                                        "TRAIN_STEPS = 20",
-                                        "optimizers.adafactor.learning_rate = 1e30",
-                                        "optimizers.adafactor.weight_decay_rate = 1e30"])
-  # The checkpoints written before the divergence are complete and finite.
-  for step in numpy_checkpoints.steps(str(tmp_path)):
-    prompt = np.load(tmp_path / f"numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.npy")
-    assert np.all(np.isfinite(prompt))
+  """A diverged step stops the run with one message naming it, whether it is
+  checked at once (it checkpoints) or after the next step is dispatched (the
+  loop does not wait for every step): the same step, and no checkpoint of it."""
+  steps = []
+  for name, periods in (("every", ["CHECKPOINT_PERIOD = 1", "LOG_PERIOD = 1"]),
+                        ("deferred", ["CHECKPOINT_PERIOD = 1000", "LOG_PERIOD = 1000"])):
+    model_dir = tmp_path / name
+    with pytest.raises(trainer.TrainError, match=r"(loss is (nan|inf)|the updated prompt is not finite) at step \d+.*checkpoints up to step \d+ are intact") as e:
+      helpers.train_in_process(model_dir, [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
+                                           "EVAL_PERIOD = None", "TRAIN_STEPS = 20", *periods,
+                                           "optimizers.adafactor.learning_rate = 1e30",
+                                           "optimizers.adafactor.weight_decay_rate = 1e30"])
+    steps.append(int(str(e.value).split(" at step ")[1].split(":")[0]))
+    # The checkpoints written before the divergence are complete and finite.
+    written = numpy_checkpoints.steps(str(model_dir))
+    assert written and max(written) < steps[-1], (written, steps)
+    for step in written:
+      prompt = np.load(model_dir / f"numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.npy")
+      assert np.all(np.isfinite(prompt))
+  assert steps[0] == steps[1] < 20, steps
