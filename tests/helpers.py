@@ -30,6 +30,15 @@ MODEL_BINDINGS = [
 ]
 TINY_BINDINGS = RUN_BINDINGS + MODEL_BINDINGS
 
+# T5 1.1 with the shapes of the real tiny T5X checkpoint in ../shared/data
+# (t5x_tiny, T5's vocabulary): its gin file, then bindings and flags.
+TINY_CKPT_FILE = "models/t5_1_1_small_prompt.gin"
+TINY_CKPT_BINDINGS = [
+    "EMBED_DIM = 4", "NUM_HEADS = 2", "HEAD_DIM = 2", "MLP_DIM = 8", "NUM_ENCODER_LAYERS = 2",
+    "NUM_DECODER_LAYERS = 2", "RELATIVE_ATTENTION_NUM_BUCKETS = 4",
+    "RELATIVE_ATTENTION_MAX_DISTANCE = 8", "ACTIVATION_DTYPE = 'float32'",
+]
+
 
 def as_flags(bindings):
   out = []
@@ -37,6 +46,13 @@ def as_flags(bindings):
     name, value = b.split("=", 1)
     out.append(f"--gin.{name.strip()}={value.strip()}")
   return out
+
+
+def tiny_ckpt_flags(*bindings, files=()):
+  """pt-train / pt-eval flags: the tiny checkpoint's model, the gin `files`
+  after it, then `bindings`."""
+  return ([f"--gin_file={f}" for f in (TINY_CKPT_FILE, *files)]
+          + as_flags(TINY_CKPT_BINDINGS + list(bindings)))
 
 
 def build_model(bindings=()):

@@ -21,11 +21,7 @@ from prompt_tuning.tasks import labels as task_labels
 import helpers  # pylint: disable=g-bad-import-order
 
 # A model with the tiny checkpoint's shapes (see ../shared/data/README.md).
-TINY_CKPT_MODEL = [
-    "NUM_EMBEDDINGS = 32128", "EMBED_DIM = 4", "NUM_HEADS = 2", "HEAD_DIM = 2", "MLP_DIM = 8",
-    "NUM_ENCODER_LAYERS = 2", "NUM_DECODER_LAYERS = 2", "RELATIVE_ATTENTION_NUM_BUCKETS = 4",
-    "RELATIVE_ATTENTION_MAX_DISTANCE = 8", "ACTIVATION_DTYPE = 'float32'", "DROPOUT_RATE = 0.0",
-]
+TINY_CKPT_MODEL = helpers.TINY_CKPT_BINDINGS + ["NUM_EMBEDDINGS = 32128", "DROPOUT_RATE = 0.0"]
 
 
 @gin.configurable("initializers_test_model")

@@ -10,14 +10,10 @@ import pytest
 from conftest import shared_path
 import helpers  # pylint: disable=g-bad-import-order
 
-TINY_CKPT = ["--gin_file=models/t5_1_1_small_prompt.gin",
-             "--gin.EMBED_DIM=4", "--gin.NUM_HEADS=2", "--gin.HEAD_DIM=2", "--gin.MLP_DIM=8",
-             "--gin.NUM_ENCODER_LAYERS=2", "--gin.NUM_DECODER_LAYERS=2",
-             "--gin.RELATIVE_ATTENTION_NUM_BUCKETS=4", "--gin.RELATIVE_ATTENTION_MAX_DISTANCE=8",
-             "--gin.ACTIVATION_DTYPE='float32'", "--gin.BATCH_SIZE=4",
-             "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.tasks.super_glue'",
-             "--gin.MIXTURE_OR_TASK_NAME='taskless_super_glue_rte_v102'",
-             "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 4}"]
+TINY_CKPT = helpers.tiny_ckpt_flags(
+    "BATCH_SIZE = 4", "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.tasks.super_glue'",
+    "MIXTURE_OR_TASK_NAME = 'taskless_super_glue_rte_v102'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 4}")
 # Small sizes for the 4-dimensional model; the methods' structure is unchanged.
 SIZES = {"prompt": ["--gin.PROMPT_LENGTH=3"], "lora": ["--gin.LORA_RANK=2"],
          "prefix": ["--gin.PREFIX_LENGTH=3"], "prefix_peft": ["--gin.PREFIX_LENGTH=3"],

@@ -11,14 +11,10 @@ from conftest import shared_path
 import helpers  # pylint: disable=g-bad-import-order
 
 TASKS = ["BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC"]
-TINY_CKPT_FLAGS = ["--gin_file=models/t5_1_1_small_prompt.gin", "--gin_file=runs/prompt_eval.gin",
-                   "--gin.EMBED_DIM=4", "--gin.NUM_HEADS=2", "--gin.HEAD_DIM=2", "--gin.MLP_DIM=8",
-                   "--gin.NUM_ENCODER_LAYERS=2", "--gin.NUM_DECODER_LAYERS=2",
-                   "--gin.RELATIVE_ATTENTION_NUM_BUCKETS=4",
-                   "--gin.RELATIVE_ATTENTION_MAX_DISTANCE=8", "--gin.ACTIVATION_DTYPE='float32'",
-                   "--gin.PROMPT_LENGTH=5", "--gin.BATCH_SIZE=16",
-                   "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.tasks.super_glue'",
-                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 16}"]
+TINY_CKPT_FLAGS = helpers.tiny_ckpt_flags(
+    "PROMPT_LENGTH = 5", "BATCH_SIZE = 16",
+    "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.tasks.super_glue'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 16}", files=["runs/prompt_eval.gin"])
 
 
 @pytest.fixture(scope="module")

@@ -308,17 +308,6 @@ def test_paraphrase_transfer_labels_metrics_and_mixtures():
   assert qa.mrqa_task_name("bioasq") == "mrqa_bioasq_v100"
 
 
-# The real tiny T5X checkpoint (T5's vocabulary), as tests/test_methods_superglue.py.
-TINY_CKPT_FLAGS = ["--gin_file=models/t5_1_1_small_prompt.gin", "--gin_file=runs/prompt_eval.gin",
-                   "--gin.EMBED_DIM=4", "--gin.NUM_HEADS=2", "--gin.HEAD_DIM=2",
-                   "--gin.MLP_DIM=8", "--gin.NUM_ENCODER_LAYERS=2", "--gin.NUM_DECODER_LAYERS=2",
-                   "--gin.RELATIVE_ATTENTION_NUM_BUCKETS=4",
-                   "--gin.RELATIVE_ATTENTION_MAX_DISTANCE=8", "--gin.ACTIVATION_DTYPE='float32'",
-                   "--gin.PROMPT_LENGTH=3", "--gin.BATCH_SIZE=4",
-                   "--gin.MIXTURE_OR_TASK_MODULE='prompt_tuning.tasks.qa'",
-                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}"]
-
-
 def test_pt_eval_reads_the_folders_of_its_gin_macros(folders, tmp_path, tiny_checkpoint,
                                                      t5_vocab_path):
   """--gin.SQUAD_DATA_DIR and --gin.MRQA_DATA_DIR (no environment variable):
@@ -328,7 +317,9 @@ def test_pt_eval_reads_the_folders_of_its_gin_macros(folders, tmp_path, tiny_che
   import helpers  # pylint: disable=g-import-not-at-top
   prompt = tmp_path / "prompt.npy"
   np.save(prompt, np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
-  common = TINY_CKPT_FLAGS + [
+  common = helpers.tiny_ckpt_flags(
+      "PROMPT_LENGTH = 3", "BATCH_SIZE = 4", "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.tasks.qa'",
+      "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}", files=["runs/prompt_eval.gin"]) + [
       f"--gin.CHECKPOINT_PATH='{tiny_checkpoint}'", f"--gin.PROMPT_FILE='{prompt}'",
       f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{t5_vocab_path}'"]
   for task, macro, folder, examples in (("squad_v110", "SQUAD_DATA_DIR", folders[0], 2),
