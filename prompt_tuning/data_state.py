@@ -10,18 +10,24 @@ own iterator, as the two files of a tf.train.Checkpoint with the prefix
 numpy_checkpoints stores them in the checkpoint folder, covered by its
 checksums.json like every other file.
 
-A pipeline with Python state (tf.py_function, tf.data.Dataset.from_generator,
-e.g. the QA sources reading the official files) cannot be checkpointed: the
-first save logs one warning and no iterator state is saved; a resume then
-replays the data stream, as every resume did before.
+A pipeline with Python state (a tf.py_function or Dataset.from_generator
+source in a custom task) cannot be checkpointed: the first save logs one
+warning and no iterator state is saved; a resume then replays the data
+stream up to its step (`resume`), as it does for a checkpoint written by an
+older version or for another data layout.
 """
 import os
 import shutil
 import tempfile
-from typing import Mapping, Optional
+import time
+from typing import Mapping, Optional, Tuple
 
 from absl import logging
+import jax
 import tensorflow as tf
+
+from prompt_tuning import numpy_checkpoints
+from prompt_tuning import partitioning
 
 PREFIX = "train_ds"
 
@@ -106,3 +112,54 @@ class TrainIterator:
 def _read_local(path: str) -> bytes:
   with open(path, "rb") as f:
     return f.read()
+
+
+def layout_key(mesh) -> str:
+  """The data shards each process reads, e.g. '8:0-3,4-7': a saved data state
+  fits only the same layout."""
+  spans = []
+  for i in range(jax.process_count()):
+    shards = partitioning.data_layout(mesh, i).shards
+    spans.append(f"{shards[0]}-{shards[-1]}")
+  return f"{partitioning.data_layout(mesh).num_shards}:{','.join(spans)}"
+
+
+def resume(train_ds, start_step: int, directory: Optional[str], saved_layout: Optional[str],
+           key: str, batch_size: int) -> Tuple[TrainIterator, int]:
+  """(iterator, steps): this process's train batches from `start_step` on.
+
+  The data state of checkpoint `directory` is restored when it was saved for
+  this data layout (`key`, as `layout_key` makes it; `saved_layout` is the
+  checkpoint's) and fits the pipeline; otherwise the stream is replayed from
+  the start, with a warning. `steps` is `start_step`, or fewer when a replay
+  ran out of data first.
+  """
+  name = prefix(jax.process_index(), jax.process_count())
+  if not start_step:
+    return TrainIterator(train_ds), 0
+  files = numpy_checkpoints.load_files(directory, name)
+  replay = None
+  if files is None:
+    why = (f"it holds no data state ({name}.*; written by an older version, or the input "
+           "pipeline cannot be checkpointed)")
+  elif saved_layout != key:
+    why = (f"its data state was saved for another data layout (shards per process "
+           f"{saved_layout}, now {key})")
+  else:
+    # Each new iterator of train_ds draws the next shuffle seeds: the replay
+    # fallback must be made first, as an uninterrupted run's iterator was.
+    replay = TrainIterator(train_ds)
+    restored = TrainIterator(train_ds)
+    t = time.time()
+    why = restored.restore(name, files)
+    if why is None:
+      logging.info("restored the data position of step %d from %s in %.2fs (no replay)",
+                   start_step, directory, time.time() - t)
+      return restored, start_step
+  logging.warning("%s: %s; replaying the data stream up to step %d (%d examples), which "
+                  "recomputes them", directory, why, start_step, start_step * batch_size)
+  iterator = replay or TrainIterator(train_ds)
+  t = time.time()
+  done = iterator.advance(start_step)
+  logging.info("replayed %d steps of data in %.1fs", done, time.time() - t)
+  return iterator, done

@@ -19,6 +19,7 @@ its data shards (partitioning.DataLayout); process 0 alone writes files
 (config.gin, run.json, checkpoints, TensorBoard, eval results) and prints,
 with a barrier after each checkpoint so no process runs ahead of a write.
 """
+import dataclasses
 import os
 import time
 from typing import Mapping, Optional, Sequence
@@ -157,58 +158,210 @@ def _check_settings(*, model_dir, train_steps, batch_size, eval_batch_size, chec
         f"train.eval_split must be a split name such as 'validation', got {eval_split!r}")
 
 
-def _layout_key(mesh) -> str:
-  """The data shards each process reads, e.g. '8:0-3,4-7': a saved data state
-  fits only the same layout."""
-  spans = []
-  for i in range(jax.process_count()):
-    shards = partitioning.data_layout(mesh, i).shards
-    spans.append(f"{shards[0]}-{shards[-1]}")
-  return f"{partitioning.data_layout(mesh).num_shards}:{','.join(spans)}"
-
-
-def _data_iterator(train_ds, start_step: int, directory: Optional[str], state: Optional[dict],
-                   layout_key: str, batch_size: int, what: str):
-  """The train batches from `start_step` on: the checkpoint's data state
-  restored, else (no state, another data layout, a state that does not fit the
-  pipeline) replayed from the start, with a warning."""
-  name = data_state.prefix(jax.process_index(), jax.process_count())
+def _restore(model_dir: str, mesh, trainable, opt_state, random_seed: int, data_shards: int):
+  """(start_step, trainable, opt_state, directory, state): the newest intact
+  checkpoint of MODEL_DIR read back (step 0, the inputs and None, None for a
+  fresh run). Only reads: damaged newer checkpoints are set aside later, once
+  the run owns MODEL_DIR."""
+  start_step = _agreed(numpy_checkpoints.latest_intact_step(
+      model_dir, warn=lambda _: None, move_aside=False) or 0, "the latest intact checkpoint step")
   if not start_step:
-    return data_state.TrainIterator(train_ds)
-  files = numpy_checkpoints.load_files(directory, name)
-  saved_layout = state.get("data_layout")
-  replay = None
-  if files is None:
-    why = (f"it holds no data state ({name}.*; written by an older version, or the input "
-           "pipeline cannot be checkpointed)")
-  elif saved_layout != layout_key:
-    why = (f"its data state was saved for another data layout (shards per process "
-           f"{saved_layout}, now {layout_key})")
-  else:
-    # Each new iterator of train_ds draws the next shuffle seeds: the replay
-    # fallback must be made first, as an uninterrupted run's iterator was.
-    replay = data_state.TrainIterator(train_ds)
-    restored = data_state.TrainIterator(train_ds)
-    t = time.time()
-    why = restored.restore(name, files)
-    if why is None:
-      logging.info("restored the data position of step %d from %s in %.2fs (no replay)",
-                   start_step, directory, time.time() - t)
-      return restored
-  logging.warning("%s: %s; replaying the data stream up to step %d (%d examples), which "
-                  "recomputes them", directory, why, start_step, start_step * batch_size)
-  iterator = replay or data_state.TrainIterator(train_ds)
-  t = time.time()
-  done = iterator.advance(start_step)
-  if done < start_step:
-    raise TrainError(f"{what} ran out at step {done}")
-  logging.info("replayed %d steps of data in %.1fs", start_step, time.time() - t)
-  return iterator
+    return 0, trainable, opt_state, None, None
+  directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
+  trainable = partitioning.replicate(
+      mesh, numpy_checkpoints.load_params(directory, param_utils.flatten(trainable)))
+  state = numpy_checkpoints.load_state(directory)
+  if state is None:
+    raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
+                     "resumed; use a fresh MODEL_DIR (or PROMPT_FILE to start from its prompt)")
+  opt_state = flax.serialization.from_state_dict(opt_state, state["opt_state"])
+  if int(state["random_seed"]) != random_seed:
+    logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
+                    int(state["random_seed"]))
+  if int(state.get("data_shards", 1)) != data_shards:
+    logging.warning("resuming with %d data-parallel shards, the checkpoint was made with %d: "
+                    "the rest of the data stream differs from an uninterrupted run",
+                    data_shards, int(state.get("data_shards", 1)))
+  logging.info("Resuming from %s (step %d)", directory, start_step)
+  return start_step, trainable, opt_state, directory, state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+  """Which steps log, save, evaluate, or end the process early."""
+  train_steps: int
+  log_period: int
+  checkpoint_period: int
+  eval_period: Optional[int]  # None: no evaluation
+  stop_after_step: Optional[int]  # tests: end as a kill would
+
+  def logs(self, done: int) -> bool:
+    return done % self.log_period == 0 or done == self.train_steps
+
+  def saves(self, done: int) -> bool:
+    return done % self.checkpoint_period == 0 or done == self.train_steps
+
+  def evaluates(self, done: int) -> bool:
+    return bool(self.eval_period) and (done % self.eval_period == 0 or done == self.train_steps)
+
+  def ends_early(self, done: int) -> bool:
+    return self.stop_after_step is not None and done >= self.stop_after_step
 
 
 def _format_eta(seconds):
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Progress:
+  """The progress line process 0 prints and the scalars it writes to
+  TensorBoard (MODEL_DIR/train), every LOG_PERIOD steps."""
+
+  def __init__(self, model_dir: str, train_steps: int, batch_size: int, start_step: int):
+    self._writer = (summaries.SummaryWriter(os.path.join(model_dir, "train"))
+                    if jax.process_index() == 0 else None)
+    self._train_steps, self._batch_size = train_steps, batch_size
+    self._lr = summaries.learning_rate()
+    self._tick, self._tick_step = time.time(), start_step
+
+  @property
+  def writer(self):
+    return self._writer
+
+  def log(self, done: int, loss: float, metrics) -> None:
+    now = time.time()
+    steps_per_s = (done - self._tick_step) / max(now - self._tick, 1e-9)
+    host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "params_finite"}
+    host.update(learning_rate=self._lr, steps_per_second=steps_per_s,
+                examples_per_second=steps_per_s * self._batch_size)
+    routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
+                       if k.startswith("routing/"))
+    if self._writer is not None:
+      self._writer.scalars(done, host)
+      print(f"step {done}/{self._train_steps} loss {loss:.4f} lr {self._lr:g} "
+            f"steps/s {steps_per_s:.2f} examples/s {steps_per_s * self._batch_size:.1f} "
+            f"ETA {_format_eta((self._train_steps - done) / max(steps_per_s, 1e-9))}"
+            + (f" routing {routing}" if routing else ""), flush=True)
+    self._tick, self._tick_step = now, done
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+@dataclasses.dataclass
+class _Checkpointer:
+  """Writes numpy checkpoints: the prompt, optimizer state and every
+  process's data position, in one folder that process 0 checksums and
+  renames into place; all processes wait for it (multi-host)."""
+  model_dir: str
+  keep_checkpoints: Optional[int]
+  lock: Optional[run_lock.RunLock]  # process 0's
+  batch_size: int
+  random_seed: int
+  data_shards: int
+  data_layout: str  # data_state.layout_key
+
+  def save(self, step: int, trainable, opt_state, iterator) -> None:
+    if self.lock is not None and self.lock.lost:
+      raise TrainError(f"{self.lock.path} was taken over by another run: stopped at step "
+                       f"{step} without writing")
+    chief = jax.process_index() == 0
+    # Replicated values: every process holds them, so every process can take part.
+    state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
+             "step": step, "random_seed": self.random_seed,
+             "examples_seen": step * self.batch_size, "data_shards": self.data_shards,
+             "data_layout": self.data_layout}
+    params = jax.device_get(trainable)
+    # This process's data position (None at step 0, or for a pipeline that
+    # cannot be checkpointed: a resume then replays).
+    files = iterator.state_files(data_state.prefix(jax.process_index(), jax.process_count())
+                                 ) if iterator is not None else None
+    tmp = None
+    if jax.process_count() > 1:
+      # Every process writes its data state into the temporary folder that
+      # process 0 made, before process 0 checksums and renames it.
+      if chief:
+        tmp = numpy_checkpoints.begin_shared(self.model_dir, step)
+      multihost_utils.sync_global_devices(f"checkpoint_{step}_folder")
+      if not chief and files:
+        numpy_checkpoints.write_files(numpy_checkpoints.shared_temp_dir(self.model_dir, step),
+                                      files)
+      multihost_utils.sync_global_devices(f"checkpoint_{step}_data")
+    if chief:
+      numpy_checkpoints.save(self.model_dir, step, params, state, extra_files=files, tmp=tmp)
+      numpy_checkpoints.cleanup(self.model_dir, self.keep_checkpoints)
+      logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(self.model_dir, step))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_{step}")
+
+
+def _checked_loss(done: int, metrics, model_dir: str) -> float:
+  """Step `done`'s loss (waiting for the step); TrainError if it diverged."""
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss) or not bool(metrics["params_finite"]):
+    what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
+    raise TrainError(
+        f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
+        f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
+        f"{numpy_checkpoints.latest_step(model_dir)} are intact")
+  return loss
+
+
+def _loop(*, step_fn, trainable, opt_state, frozen, step_rng, iterator, mesh, start_step: int,
+          schedule: _Schedule, progress: _Progress, checkpointer: _Checkpointer, evaluate,
+          what: str):
+  """Runs the steps from `start_step` on; returns the trainable parameters.
+
+  JAX dispatches a step and returns at once. A step's loss is checked only
+  after the next step is dispatched, so that the host reads, cuts and sends
+  the next batch while the device still runs this one (as T5X, which does not
+  wait for every step); a step that logs, saves, evaluates or stops is checked
+  first, so nothing is written or reported from a diverged step, and the data
+  iterator is never ahead of the step saved. SIGTERM (preemption) saves and
+  stops after the step under way.
+  """
+  model_dir = checkpointer.model_dir
+  pending = None  # (step, metrics) dispatched and not yet checked
+  with preemption.Watcher() as preempted:
+    for step in range(start_step, schedule.train_steps):
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        if pending is not None:
+          _checked_loss(*pending, model_dir)
+        raise TrainError(f"{what} ran out at step {step}") from None
+      # Cut to its bucket lengths (PADDING; all processes agree on them).
+      batch = data.fit_batch(batch)
+      trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
+                                              partitioning.shard_batch(mesh, batch),
+                                              jnp.int32(step), step_rng)
+      done = step + 1
+      if pending is not None:
+        _checked_loss(*pending, model_dir)
+      pending = (done, metrics)
+      logs, saves, evals = schedule.logs(done), schedule.saves(done), schedule.evaluates(done)
+      stop = done < schedule.train_steps and preempted(done)
+      last = schedule.ends_early(done)
+      if not (logs or saves or evals or stop or last):
+        continue
+      loss, pending = _checked_loss(*pending, model_dir), None
+      if logs:
+        progress.log(done, loss, metrics)
+      if saves:
+        checkpointer.save(done, trainable, opt_state, iterator)
+      if evals:
+        evaluate(done, trainable)
+      if stop:
+        if not saves:
+          checkpointer.save(done, trainable, opt_state, iterator)
+        raise preemption.Preempted(
+            f"stopped by SIGTERM after step {done} of {schedule.train_steps}: "
+            f"{numpy_checkpoints.checkpoint_dir(model_dir, done)} is written; rerun the same "
+            "command to resume")
+      if last:
+        break
+  return trainable
 
 
 @gin.configurable
@@ -264,7 +417,8 @@ def train(*,
   train_ds = data.get_dataset(mixture_or_task_name, lengths, "train", batch_size,
                               shuffle=shuffle, seed=random_seed, use_cached=use_cached_tasks,
                               layout=layout)
-  example = data.first_batch(train_ds, f"the train split of {mixture_or_task_name!r}")
+  what = f"the train split of {mixture_or_task_name!r}"
+  example = data.first_batch(train_ds, what)
   shapes_batch = {k: jnp.asarray(v[:1]) for k, v in example.items()}
 
   # Frozen model: validated against the checkpoint before anything is written.
@@ -289,27 +443,8 @@ def train(*,
 
   # The newest checkpoint that verifies (checksums): read only here, before the
   # run owns MODEL_DIR; damaged newer ones are set aside once it does (below).
-  start_step = _agreed(numpy_checkpoints.latest_intact_step(
-      model_dir, warn=lambda _: None, move_aside=False) or 0, "the latest intact checkpoint step")
-  directory = state = None
-  if start_step:
-    directory = numpy_checkpoints.checkpoint_dir(model_dir, start_step)
-    trainable = partitioning.replicate(
-        mesh, numpy_checkpoints.load_params(directory, param_utils.flatten(trainable)))
-    state = numpy_checkpoints.load_state(directory)
-    if state is None:
-      raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
-                       "resumed; use a fresh MODEL_DIR (or PROMPT_FILE to start from its prompt)")
-    opt_state = flax.serialization.from_state_dict(opt_state, state["opt_state"])
-    if int(state["random_seed"]) != random_seed:
-      logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
-                      int(state["random_seed"]))
-    if int(state.get("data_shards", 1)) != layout.num_shards:
-      logging.warning("resuming with %d data-parallel shards, the checkpoint was made with %d: "
-                      "the rest of the data stream differs from an uninterrupted run",
-                      layout.num_shards, int(state.get("data_shards", 1)))
-    logging.info("Resuming from %s (step %d)", directory, start_step)
-  resume_dir, resume_state, layout_key = directory, state, _layout_key(mesh)
+  start_step, trainable, opt_state, resume_dir, resume_state = _restore(
+      model_dir, mesh, trainable, opt_state, random_seed, layout.num_shards)
   # Placed as the step's outputs will be, so the step compiles once, not twice.
   opt_state = partitioning.replicate(mesh, opt_state)
 
@@ -349,126 +484,34 @@ def train(*,
       run_record.write(model_dir, record)
       if evaluator is not None:
         file_utils.makedirs(eval_dir)
-    writer = summaries.SummaryWriter(os.path.join(model_dir, "train")) if chief else None
-
-    iterator = None  # made below, after the initial checkpoint (which needs no data state)
-
-    def save(step):
-      if lock is not None and lock.lost:
-        raise TrainError(f"{lock.path} was taken over by another run: stopped at step {step} "
-                         "without writing")
-      # Replicated values: every process holds them, so every process can take part.
-      state = {"opt_state": flax.serialization.to_state_dict(jax.device_get(opt_state)),
-               "step": step, "random_seed": random_seed,
-               "examples_seen": step * batch_size, "data_shards": layout.num_shards,
-               "data_layout": layout_key}
-      params = jax.device_get(trainable)
-      # This process's data position (None at step 0, or for a pipeline that
-      # cannot be checkpointed: a resume then replays).
-      files = iterator.state_files(data_state.prefix(jax.process_index(), jax.process_count())
-                                   ) if iterator is not None else None
-      tmp = None
-      if jax.process_count() > 1:
-        # Every process writes its data state into the temporary folder that
-        # process 0 made, before process 0 checksums and renames it.
-        if chief:
-          tmp = numpy_checkpoints.begin_shared(model_dir, step)
-        multihost_utils.sync_global_devices(f"checkpoint_{step}_folder")
-        if not chief and files:
-          numpy_checkpoints.write_files(numpy_checkpoints.shared_temp_dir(model_dir, step), files)
-        multihost_utils.sync_global_devices(f"checkpoint_{step}_data")
-      if chief:
-        numpy_checkpoints.save(model_dir, step, params, state, extra_files=files, tmp=tmp)
-        numpy_checkpoints.cleanup(model_dir, keep_checkpoints)
-        logging.info("Saved %s", numpy_checkpoints.checkpoint_dir(model_dir, step))
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"checkpoint_{step}")
-
+    layout_key = data_state.layout_key(mesh)
+    checkpointer = _Checkpointer(model_dir, keep_checkpoints, lock, batch_size, random_seed,
+                                 layout.num_shards, layout_key)
     if start_step == 0:
-      save(0)  # the initial prompt
+      checkpointer.save(0, trainable, opt_state, None)  # the initial prompt, before any data
 
     step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=(0, 1))
-    iterator = _data_iterator(train_ds, start_step, resume_dir, resume_state, layout_key,
-                              batch_size, f"the train split of {mixture_or_task_name!r}")
-    lr = summaries.learning_rate()
-    tick, tick_step, t0 = time.time(), start_step, time.time()
+    iterator, ready = data_state.resume(
+        train_ds, start_step, resume_dir, (resume_state or {}).get("data_layout"), layout_key,
+        batch_size)
+    if ready < start_step:
+      raise TrainError(f"{what} ran out at step {ready}")
 
-    def check(done, metrics):
-      """Step `done`'s loss (waiting for the step); TrainError if it diverged."""
-      loss = float(metrics["loss"])
-      if not np.isfinite(loss) or not bool(metrics["params_finite"]):
-        what = f"loss is {loss}" if not np.isfinite(loss) else "the updated prompt is not finite"
-        raise TrainError(
-            f"{what} at step {done}: the prompt diverged (try a lower learning rate, "
-            f"e.g. --gin.adafactor.learning_rate=0.03); checkpoints up to step "
-            f"{numpy_checkpoints.latest_step(model_dir)} are intact")
-      return loss
+    progress = _Progress(model_dir, train_steps, batch_size, start_step)
 
-    # JAX dispatches a step and returns at once. A step's loss is checked only
-    # after the next step is dispatched, so that the host reads, cuts and
-    # sends the next batch while the device still runs this one (as T5X,
-    # which does not wait for every step); a step that logs, saves, evaluates
-    # or stops is checked first, so nothing is written or reported from a
-    # diverged step, and the data iterator is never ahead of the step saved.
-    pending = None  # (step, metrics) dispatched and not yet checked
-    with preemption.Watcher() as preempted:
-      for step in range(start_step, train_steps):
-        try:
-          batch = next(iterator)
-        except StopIteration:
-          if pending is not None:
-            check(*pending)
-          raise TrainError(
-              f"the train split of {mixture_or_task_name!r} ran out at step {step}") from None
-        # Cut to its bucket lengths (PADDING; all processes agree on them).
-        batch = data.fit_batch(batch)
-        trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
-                                                partitioning.shard_batch(mesh, batch),
-                                                jnp.int32(step), step_rng)
-        done = step + 1
-        if pending is not None:
-          check(*pending)
-        pending = (done, metrics)
-        logs = done % log_period == 0 or done == train_steps
-        saved = done % checkpoint_period == 0 or done == train_steps
-        evals = evaluator is not None and (done % eval_period == 0 or done == train_steps)
-        stop = done < train_steps and preempted(done)
-        last = stop_after_step is not None and done >= stop_after_step
-        if not (logs or saved or evals or stop or last):
-          continue
-        loss, pending = check(*pending), None
-        if logs:
-          now = time.time()
-          steps_per_s = (done - tick_step) / max(now - tick, 1e-9)
-          host = {k: float(v) for k, v in jax.device_get(metrics).items()
-                  if k != "params_finite"}
-          host.update(learning_rate=lr, steps_per_second=steps_per_s,
-                      examples_per_second=steps_per_s * batch_size)
-          routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
-                             if k.startswith("routing/"))
-          if chief:
-            writer.scalars(done, host)
-            print(f"step {done}/{train_steps} loss {loss:.4f} lr {lr:g} "
-                  f"steps/s {steps_per_s:.2f} examples/s {steps_per_s * batch_size:.1f} "
-                  f"ETA {_format_eta((train_steps - done) / max(steps_per_s, 1e-9))}"
-                  + (f" routing {routing}" if routing else ""), flush=True)
-          tick, tick_step = now, done
-        if saved:
-          save(done)
-        if evals:
-          evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done, writer,
-                         eval_batch_size or batch_size, mesh, decoding=eval_decoding)
-        if stop:
-          if not saved:
-            save(done)
-          raise preemption.Preempted(
-              f"stopped by SIGTERM after step {done} of {train_steps}: "
-              f"{numpy_checkpoints.checkpoint_dir(model_dir, done)} is written; rerun the same "
-              "command to resume")
-        if last:
-          break
-    if writer is not None:
-      writer.close()
+    def evaluate(done, trainable):
+      evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done,
+                     progress.writer, eval_batch_size or batch_size, mesh,
+                     decoding=eval_decoding)
+
+    t0 = time.time()
+    trainable = _loop(
+        step_fn=step_fn, trainable=trainable, opt_state=opt_state, frozen=frozen,
+        step_rng=step_rng, iterator=iterator, mesh=mesh, start_step=start_step,
+        schedule=_Schedule(train_steps, log_period, checkpoint_period,
+                           eval_period if evaluator is not None else None, stop_after_step),
+        progress=progress, checkpointer=checkpointer, evaluate=evaluate, what=what)
+    progress.close()
     logging.info("Training finished in %.1fs", time.time() - t0)
   except file_utils.DiskFullError as e:
     latest = numpy_checkpoints.latest_step(model_dir)
