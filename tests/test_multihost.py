@@ -36,7 +36,7 @@ def launch(module, args, processes, devices_per_process, timeout=600):
   env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH",
                                                            "SUPERGLUE_DATA_DIR")}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+             XLA_FLAGS=helpers.xla_flags(devices_per_process),
              PYTHONPATH=os.pathsep.join([str(helpers.TESTS), os.environ.get("PYTHONPATH", "")]))
   port = _free_port()
   procs = []
@@ -213,12 +213,9 @@ def test_bad_distributed_flags_are_one_line_errors(tmp_path, flags, needle):
 def test_batch_not_divisible_by_data_shards_is_refused(tmp_path):
   ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
   model_dir = tmp_path / "run"
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-  try:
+  with helpers.host_devices(8):
     result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",
                                                     "BATCH_SIZE = 12"))
-  finally:
-    del os.environ["XLA_FLAGS"]
   assert_one_line_error(result, "pt-train", "BATCH_SIZE 12", "8 data-parallel shards")
   assert not model_dir.exists()
 

@@ -4,8 +4,6 @@ and the prompt ends where a run with the same 4 data shards and an unsplit
 model (4 x 1) ends. (The input depends on the number of data shards, as in T5X:
 see partitioning.DataLayout; tests/test_multihost.py checks the same mesh
 spread over 1 or 2 processes.)"""
-import os
-
 import numpy as np
 import pytest
 
@@ -23,12 +21,9 @@ def test_model_split_run_matches_unsplit_run(tmp_path, dtype):
               "DROPOUT_RATE = 0.0", f"ACTIVATION_DTYPE = '{dtype}'"]))
   prompts = {}
   for name, devices, partitions in (("unsplit", 4, 1), ("mesh", 8, 2)):
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    try:
+    with helpers.host_devices(devices):
       result = helpers.run_cli("pt-train", args + [f"--gin.MODEL_DIR='{tmp_path / name}'",
                                                    f"--gin.NUM_PARTITIONS={partitions}"])
-    finally:
-      del os.environ["XLA_FLAGS"]
     assert result.returncode == 0, result.stderr[-3000:]
     prompts[name] = np.load(tmp_path / name / "numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.npy")
   # bf16: the split model sums its partial products in another order, and
