@@ -24,6 +24,41 @@ BF16 = helpers.tiny_config(dtype="bfloat16", remat_policy="none")
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the narrow path is CPU's")
 
 
+@pytest.fixture(autouse=True)
+def bf16_cpu(monkeypatch):
+  """The narrow path as on a CPU with bf16 instructions, whatever this one has
+  (XLA:CPU runs its bf16 kernels without them too, only slower)."""
+  monkeypatch.setattr(layers, "cpu_multiplies_bf16", lambda: True)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_fp16", True),   # Zen 4, Sapphire Rapids
+    ("flags\t\t: fpu sse avx2 amx_bf16 amx_tile", True),
+    ("Features\t: fp asimd sve bf16 i8mm", True),                         # Arm (Graviton3)
+    ("flags\t\t: fpu sse sse2 avx avx2 fma", False),                      # AVX2 only
+    ("flags\t\t: fpu avx512f avx512bw avx512vl", False),                  # AVX-512 without BF16
+    ("Features\t: fp asimd evtstrm aes", False),
+    ("model name\t: bf16 in a name is not a flag", False),
+])
+def test_cpu_flags(flags, expected):
+  cpuinfo = f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n"
+  assert layers.cpu_flags_multiply_bf16(cpuinfo) == expected
+
+
+@cpu_only
+def test_cpu_without_bf16_instructions_uses_the_plain_einsum(monkeypatch):
+  """XLA:CPU's bf16 kernels are slower than its widened float32 product
+  without bf16 instructions: there matmul is the plain einsum."""
+  x, w = jnp.ones((3, 5, 32), jnp.bfloat16), jnp.ones((32, 24), jnp.bfloat16)
+
+  def jaxpr():  # a new function each time: make_jaxpr caches by function
+    return str(jax.make_jaxpr(lambda x, w: layers.matmul("...i,io->...o", x, w, jnp.bfloat16))(
+        x, w))
+  assert "custom_vjp" in jaxpr()
+  monkeypatch.setattr(layers, "cpu_multiplies_bf16", lambda: False)
+  assert "custom_vjp" not in jaxpr()
+
+
 @pytest.mark.parametrize("spec,a,b,expected", [
     ("...i,io->...o", (4, 9, 32), (32, 16), True),      # Dense
     ("...d,vd->...v", (4, 5, 32), (64, 32), True),      # tied logits
