@@ -20,7 +20,8 @@ wraps it with PEFT prompt tuning (`PromptTuningConfig`, SEQ_2_SEQ_LM, P
 virtual tokens), and trains with transformers' Adafactor at the paper's
 settings (lr 0.3, decay rate -0.8, weight decay 1e-5, no parameter scaling,
 no relative step, no warm-up init), the loss PEFT's forward computes from
-`labels`. Batches are drawn in order from the token file (cycled) and padded
+`labels`. Batches are drawn from a fresh `--seed`ed permutation of the token
+file each epoch, as transformers' Trainer samples (RandomSampler), and padded
 to their longest example, as transformers' DataCollatorForSeq2Seq does
 (`--fixed N`: random tokens, every example N inputs long, as
 bench/train_step.py). `--warmup` untimed steps, then `--steps` timed steps;
@@ -106,11 +107,13 @@ def run(args):
       source = list(zip(z["inputs"], z["targets"]))
   autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.dtype == "bfloat16"
               else contextlib.nullcontext)
-  position = 0
+  order = []
   times, real, padded = [], 0, 0
   for step in range(args.warmup + args.steps):
-    rows = [source[(position + i) % len(source)] for i in range(args.batch)]
-    position += args.batch
+    while len(order) < args.batch:  # the next epoch's permutation, as RandomSampler draws it
+      order.extend(rng.permutation(len(source)))
+    rows = [source[i] for i in order[:args.batch]]
+    del order[:args.batch]
     inputs = _pad([r[0] for r in rows])
     labels = _pad([r[1] for r in rows])
     input_ids = torch.from_numpy(inputs)
