@@ -109,9 +109,10 @@ def cpu_multiplies_bf16() -> bool:
 def matmul(spec, a, b, dtype):
   """einsum(spec, a, b) of a and b cast to `dtype`, with a `dtype` result.
 
-  For float32, off CPU, and on a CPU without bf16 multiply instructions
-  (`cpu_multiplies_bf16`), a plain einsum. For a narrower dtype (bfloat16) on
-  a CPU with them, the same numbers (bf16 operands, float32 accumulation, one
+  For float32 and off CPU, a plain einsum. On a CPU without bf16 multiply
+  instructions (`cpu_multiplies_bf16`), the float32 product of the operands
+  rounded to `dtype` once. For a narrower dtype (bfloat16) on a CPU with
+  them, the same numbers (bf16 operands, float32 accumulation, one
   rounding to bf16) computed so that XLA:CPU keeps the operands in bf16 and uses its
   XNNPACK bf16 kernels (about 1.8x its float32 matmuls on AVX512-BF16 cores)
   instead of widening both operands to float32, which it does for a bf16
@@ -125,8 +126,14 @@ def matmul(spec, a, b, dtype):
   """
   a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
   if (jnp.dtype(dtype) == jnp.float32 or jax.default_backend() != "cpu"
-      or not _library_shape(spec, a.shape, b.shape) or not cpu_multiplies_bf16()):
+      or not _library_shape(spec, a.shape, b.shape)):
     return jnp.einsum(spec, a, b)
+  if not cpu_multiplies_bf16():
+    # The same numbers from XLA's float32 product (bf16 values are exact in
+    # float32): faster there than its bf16 kernels, and, unlike the plain bf16
+    # einsum, a model split over devices sums its partial products in float32
+    # before the one rounding, as the narrow path does.
+    return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32)).astype(dtype)
   return _narrow_matmul(spec, a, b)
 
 

@@ -46,17 +46,26 @@ def test_cpu_flags(flags, expected):
 
 
 @cpu_only
-def test_cpu_without_bf16_instructions_uses_the_plain_einsum(monkeypatch):
-  """XLA:CPU's bf16 kernels are slower than its widened float32 product
-  without bf16 instructions: there matmul is the plain einsum."""
-  x, w = jnp.ones((3, 5, 32), jnp.bfloat16), jnp.ones((32, 24), jnp.bfloat16)
+def test_cpu_without_bf16_instructions_uses_the_float32_product(monkeypatch):
+  """XLA:CPU's bf16 kernels are slower than its float32 product without bf16
+  instructions: there matmul is the float32 product rounded once, the narrow
+  path's numbers (to summation order), forward and backward."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, 5, 32)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((32, 24)), jnp.bfloat16)
+  g = jnp.asarray(rng.standard_normal((3, 5, 24)), jnp.bfloat16)
 
-  def jaxpr():  # a new function each time: make_jaxpr caches by function
-    return str(jax.make_jaxpr(lambda x, w: layers.matmul("...i,io->...o", x, w, jnp.bfloat16))(
-        x, w))
-  assert "custom_vjp" in jaxpr()
+  def run():  # a new function each time: make_jaxpr caches by function
+    product = lambda x, w: layers.matmul("...i,io->...o", x, w, jnp.bfloat16)
+    y, vjp = jax.vjp(product, x, w)
+    return str(jax.make_jaxpr(product)(x, w)), [np.asarray(v, np.float32) for v in (y, *vjp(g))]
+  narrow_jaxpr, narrow = run()
   monkeypatch.setattr(layers, "cpu_multiplies_bf16", lambda: False)
-  assert "custom_vjp" not in jaxpr()
+  wide_jaxpr, wide = run()
+  assert "custom_vjp" in narrow_jaxpr and "custom_vjp" not in wide_jaxpr
+  assert "convert_element_type[new_dtype=float32" in wide_jaxpr
+  for got, want in zip(wide, narrow):
+    np.testing.assert_allclose(got, want, rtol=2 ** -7, atol=1e-6)
 
 
 @pytest.mark.parametrize("spec,a,b,expected", [
