@@ -1,6 +1,5 @@
 """Shared helpers for the end-to-end tests: a tiny model config, a random
 frozen T5X checkpoint, in-process gin runs and CLI subprocesses."""
-import contextlib
 import hashlib
 import os
 import pathlib
@@ -95,20 +94,6 @@ def xla_flags(devices):
   return " ".join(_with_devices(os.environ.get("XLA_FLAGS", "").split(), devices))
 
 
-@contextlib.contextmanager
-def host_devices(devices):
-  """Within: subprocesses (run_cli) see `devices` host devices."""
-  before = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = xla_flags(devices)
-  try:
-    yield
-  finally:
-    if before is None:
-      del os.environ["XLA_FLAGS"]
-    else:
-      os.environ["XLA_FLAGS"] = before
-
-
 def run_cli(prog, args, timeout=300):
   env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
@@ -126,6 +111,7 @@ def run_cli_in_process(prog, args):
   An exception that escapes cli.run, which a user would see as a traceback,
   comes back as exit status 1 with the traceback in the stderr text.
   """
+  import contextlib  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
   import traceback  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top

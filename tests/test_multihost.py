@@ -210,12 +210,12 @@ def test_bad_distributed_flags_are_one_line_errors(tmp_path, flags, needle):
   assert not model_dir.exists()
 
 
-def test_batch_not_divisible_by_data_shards_is_refused(tmp_path):
+def test_batch_not_divisible_by_data_shards_is_refused(tmp_path, monkeypatch):
   ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
   model_dir = tmp_path / "run"
-  with helpers.host_devices(8):
-    result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",
-                                                    "BATCH_SIZE = 12"))
+  monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(8))
+  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",
+                                                  "BATCH_SIZE = 12"))
   assert_one_line_error(result, "pt-train", "BATCH_SIZE 12", "8 data-parallel shards")
   assert not model_dir.exists()
 

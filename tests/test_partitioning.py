@@ -11,7 +11,7 @@ import helpers  # pylint: disable=g-bad-import-order
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_model_split_run_matches_unsplit_run(tmp_path, dtype):
+def test_model_split_run_matches_unsplit_run(tmp_path, dtype, monkeypatch):
   """float32, and bfloat16 (T5 1.1's default: bf16 products, the frozen
   kernels stored in bf16, both split over the mesh)."""
   ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
@@ -21,9 +21,9 @@ def test_model_split_run_matches_unsplit_run(tmp_path, dtype):
               "DROPOUT_RATE = 0.0", f"ACTIVATION_DTYPE = '{dtype}'"]))
   prompts = {}
   for name, devices, partitions in (("unsplit", 4, 1), ("mesh", 8, 2)):
-    with helpers.host_devices(devices):
-      result = helpers.run_cli("pt-train", args + [f"--gin.MODEL_DIR='{tmp_path / name}'",
-                                                   f"--gin.NUM_PARTITIONS={partitions}"])
+    monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(devices))
+    result = helpers.run_cli("pt-train", args + [f"--gin.MODEL_DIR='{tmp_path / name}'",
+                                                 f"--gin.NUM_PARTITIONS={partitions}"])
     assert result.returncode == 0, result.stderr[-3000:]
     prompts[name] = np.load(tmp_path / name / "numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.npy")
   # bf16: the split model sums its partial products in another order, and
