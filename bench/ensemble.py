@@ -127,7 +127,7 @@ def warm_mode(root, ckpt, paths):
 
   def run_separate():
     for m in members:
-      evaluation.run(evaluator, model, param_utils.merge(m.params, frozen), m.step, None, 32,
+      evaluation.run(evaluator, model, param_utils.merge(m.params, frozen), m.step, 32,
                      mesh)
 
   ds = evaluator.cached_model_datasets["demo_last_word"]

@@ -11,7 +11,8 @@ are needed. The format (see ../shared/T5X_FORMAT.md):
 
 Each leaf of the msgpack tree is one of
   * an inline array: msgpack ExtType code 1 whose payload is the msgpack list
-    [shape, dtype name, raw C-order little-endian bytes] (flax's encoding);
+    [shape, dtype name, raw C-order little-endian bytes] (flax's encoding, as
+    T5X writes it: the tree is read and written by flax.serialization);
   * a tensorstore spec {"driver": "zarr", "kvstore": {"driver": "gfile",
     "path": "target.a.b.c"}, "metadata": {shape, chunks, dtype, compressor}}
     whose path is relative to the checkpoint folder; "gfile" is T5X's own
@@ -34,15 +35,16 @@ import re
 import shutil
 import uuid
 
+import flax.serialization
 import ml_dtypes
 import msgpack
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning import param_utils
+
 VERSION = 3
 _CHECKPOINT_FILE = "checkpoint"
-_EXT_NDARRAY = 1  # flax.serialization's ext codes.
-_EXT_NPSCALAR = 3
 _MAX_CHUNK_BYTES = 64 * 2**20  # Zarr chunk size cap when writing.
 
 
@@ -55,26 +57,12 @@ class CheckpointError(ValueError):
 
 def flatten_params(nested, sep="/") -> dict:
   """{'a': {'b': x}} -> {'a/b': x}; tensorstore specs count as leaves."""
-  flat = {}
-  for key, value in nested.items():
-    if isinstance(value, Mapping) and not _is_spec(value):
-      for sub, leaf in flatten_params(value, sep).items():
-        flat[f"{key}{sep}{sub}"] = leaf
-    else:
-      flat[str(key)] = value
-  return flat
+  return param_utils.flatten(nested, sep, is_leaf=lambda _, value: _is_spec(value))
 
 
 def unflatten_params(flat, sep="/") -> dict:
   """{'a/b': x} -> {'a': {'b': x}}."""
-  nested = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split(sep)
-    node = nested
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return nested
+  return param_utils.unflatten(flat, sep)
 
 
 def _is_spec(x) -> bool:
@@ -143,39 +131,24 @@ def resolve_checkpoint_path(path) -> str:
       f"containing a `checkpoint` msgpack file{hint}")
 
 
-def _decode_ext(code: int, data: bytes):
-  if code == _EXT_NDARRAY:
-    shape, dtype, buffer = msgpack.unpackb(data, raw=False)
-    return np.frombuffer(buffer, _np_dtype(dtype)).reshape(tuple(shape))
-  if code == _EXT_NPSCALAR:
-    dtype, buffer = msgpack.unpackb(data, raw=False)
-    return np.frombuffer(buffer, _np_dtype(dtype))[0]
-  return msgpack.ExtType(code, data)
-
-
-def _unchunk(tree):
-  """Reassembles flax's '__msgpack_chunked_array__' (inline arrays > 1 GiB)."""
-  if not isinstance(tree, dict):
-    return tree
-  if tree.get("__msgpack_chunked_array__"):
-    shape = [tree["shape"][str(i)] for i in range(len(tree["shape"]))]
-    chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
-    return np.concatenate(chunks).reshape(shape)
-  return {k: _unchunk(v) for k, v in tree.items()}
-
-
 def read_checkpoint_tree(path) -> dict:
   """The decoded msgpack tree; inline arrays as np.ndarray, zarr specs as dicts."""
   directory = resolve_checkpoint_path(path)
   data = _read_bytes(f"{directory}/{_CHECKPOINT_FILE}")
   try:
-    tree = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False)
-  except (ValueError, TypeError, AttributeError, KeyError, msgpack.UnpackException) as e:
+    # flax's decoder (inline arrays, numpy scalars, chunked arrays above 1 GiB).
+    tree = flax.serialization.msgpack_restore(data)
+  except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+          msgpack.UnpackException) as e:
     # ValueError for truncation; the others for damaged dtype names and ext payloads.
     raise CheckpointError(
         f"{directory}/{_CHECKPOINT_FILE} is not a readable T5X msgpack "
         f"checkpoint ({e}); re-download or re-save it") from e
-  return _unchunk(tree)
+  if not isinstance(tree, dict):
+    raise CheckpointError(f"{directory}/{_CHECKPOINT_FILE} is not a T5X checkpoint tree "
+                          f"(its msgpack holds a {type(tree).__name__}); re-download or "
+                          "re-save it")
+  return tree
 
 
 def _target(tree, path) -> dict:
@@ -401,17 +374,6 @@ def _gfile():
   return tf.io.gfile
 
 
-def _encode_ext(obj):
-  """msgpack `default`: numpy arrays become inline ext code 1."""
-  arr = np.asarray(obj)
-  if arr.dtype.kind not in "biufcV":
-    raise TypeError(f"cannot serialise {type(obj).__name__} in a checkpoint")
-  if arr.dtype.byteorder == ">":
-    arr = arr.astype(arr.dtype.newbyteorder("<"))
-  payload = msgpack.packb([list(arr.shape), arr.dtype.name, arr.tobytes("C")])
-  return msgpack.ExtType(_EXT_NDARRAY, payload)
-
-
 def _kvstore(path: str) -> dict:
   if _is_gcs(path):
     bucket, key = _split_gcs(path)
@@ -431,8 +393,12 @@ def _prepare(tree, prefix, tmp_dir, keep_inline_below, writes) -> dict:
       out[key] = value  # Plain msgpack scalar.
       continue
     arr = np.asarray(value)
+    if arr.dtype.kind not in "biufcV":
+      raise TypeError(f"cannot serialise {type(value).__name__} in a checkpoint")
+    if arr.dtype.byteorder == ">":
+      arr = arr.astype(arr.dtype.newbyteorder("<"))
     if arr.ndim == 0 or arr.size <= keep_inline_below:
-      out[key] = arr  # Inline ext array.
+      out[key] = arr  # Inline ext array (a 0-d array for a scalar, as T5X's step).
       continue
     row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
     chunks = [max(1, min(arr.shape[0], _MAX_CHUNK_BYTES // max(1, row_bytes)))]
@@ -470,8 +436,10 @@ def save_checkpoint(directory, params, step: int, *, param_states=None,
     state = {"step": np.int32(step), "param_states": param_states or {}}
     optimizer = {"target": _prepare(params, "target", tmp, keep_inline_below, writes),
                  "state": _prepare(state, "state", tmp, keep_inline_below, writes)}
-    data = msgpack.packb({"version": VERSION, "optimizer": optimizer},
-                         default=_encode_ext, use_bin_type=True)
+    # flax's encoder, as T5X writes it; in place: the keys keep their order
+    # ('version' first), where a copy through jax.tree_util would sort them.
+    data = flax.serialization.msgpack_serialize({"version": VERSION, "optimizer": optimizer},
+                                                in_place=True)
     if not gcs:
       os.makedirs(tmp)
     # Issue every create, then every write, and only then wait.

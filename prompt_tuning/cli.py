@@ -1,23 +1,33 @@
-"""What pt-train and pt-eval share: flags, gin parsing, and turning any bad
-input into one clear error line (exit status 1) instead of a traceback."""
-import os
+"""What the gin-configured commands (pt-train, pt-eval, pt-infer,
+pt-export-peft) share: their flags, gin parsing, multi-host start-up, and
+turning any bad input into one clear error line (exit status 1) instead of a
+traceback. The absl runner itself (quiet start, flag errors) is `command`.
+"""
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from prompt_tuning import command
+from prompt_tuning.command import first_line
 
 flags.DEFINE_multi_string("gin_file", [], "Gin files, in order; later files override earlier.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; --gin.NAME=value is the short form.")
 flags.DEFINE_list("gin_search_paths", [], "Extra folders to look up gin files in (before the "
                   "package's own gin/ folder).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data dir (overrides every task's).")
+flags.DEFINE_list("seqio_additional_cache_dirs", [], "Folders to search for cached seqio "
+                  "tasks in addition to the defaults (T5X's flag).")
 flags.DEFINE_bool("distributed", False, "Multi-host run: call jax.distributed.initialize() "
                   "(no arguments needed on Cloud TPU; elsewhere give the three flags below).")
 flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port "
                     "(process 0's address), with --num_processes and --process_id.")
 flags.DEFINE_integer("num_processes", None, "jax.distributed process count.")
 flags.DEFINE_integer("process_id", None, "jax.distributed process id (0 .. num_processes-1).")
+# T5X's names of the same flags.
+flags.DEFINE_alias("multiprocess_gpu", "distributed")
+flags.DEFINE_alias("process_count", "num_processes")
+flags.DEFINE_alias("process_index", "process_id")
 
 FLAGS = flags.FLAGS
 
@@ -33,10 +43,12 @@ def user_errors():
           methods.MethodError, trainer.TrainError, run_lock.LockError)
 
 
+# ------------------------------------------------------------- gin commands
+
+
 def setup(first_gin_files=()):
   """Initialises distribution and data flags and parses gin (after absl flags);
   `first_gin_files` are parsed before the user's (which override them)."""
-  import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
@@ -47,6 +59,8 @@ def setup(first_gin_files=()):
                                 "--distributed")
   if FLAGS.tfds_data_dir:
     seqio.set_tfds_data_dir_override(FLAGS.tfds_data_dir)
+  if FLAGS.seqio_additional_cache_dirs:
+    seqio.add_global_cache_dirs(FLAGS.seqio_additional_cache_dirs)
   gin_utils.parse(list(first_gin_files) + list(FLAGS.gin_file), FLAGS.gin_bindings,
                   FLAGS.gin_search_paths)
 
@@ -74,7 +88,7 @@ def initialize_distributed(coordinator_address, num_processes, process_id):
     else:
       jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except (RuntimeError, ValueError) as e:
-    raise gin_utils.ConfigError(f"jax.distributed.initialize failed: {_first_line(e)}") from None
+    raise gin_utils.ConfigError(f"jax.distributed.initialize failed: {first_line(e)}") from None
 
 
 def os_error_message(e: OSError) -> str:
@@ -82,7 +96,7 @@ def os_error_message(e: OSError) -> str:
   its own words, which name the file."""
   import errno  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
-  text = _first_line(e)
+  text = first_line(e)
   code = e.errno  # None on gin's proxy of an error raised in a configurable: read the text
   if code is None:
     match = re.match(r"\[Errno (\d+)\]", text)
@@ -90,11 +104,6 @@ def os_error_message(e: OSError) -> str:
   if code in (errno.ENOSPC, errno.EDQUOT):
     return f"disk full: {text}"
   return text
-
-
-def _first_line(e):
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
 
 
 def required_binding_message(e):
@@ -114,18 +123,15 @@ PREEMPTED_EXIT = 128 + 15
 
 
 def run(main_fn, prog, first_gin_files=(), extra_errors=()):
-  """Runs `main_fn()` under absl, mapping bad input (`user_errors()` and
-  `extra_errors`) to `prog: error: ...`; `first_gin_files` as in `setup`."""
+  """Runs a gin-configured command's `main_fn()` under absl, mapping bad
+  input (`user_errors()` and `extra_errors`) to `prog: error: ...`;
+  `first_gin_files` as in `setup`."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   from prompt_tuning import preemption  # pylint: disable=g-import-not-at-top
 
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  def main():
     try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], "GPU")  # tf.data only; leave accelerators to JAX
+      command.load_tensorflow()
       setup(first_gin_files)
       main_fn()
     except preemption.Preempted as e:
@@ -133,22 +139,20 @@ def run(main_fn, prog, first_gin_files=(), extra_errors=()):
       sys.exit(PREEMPTED_EXIT)
     except user_errors() + tuple(extra_errors) as e:
       logging.debug("error", exc_info=True)
-      sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
-      sys.exit(1)
+      command.fail(prog, first_line(e))
     except OSError as e:  # the machine's, not the program's: a full disk, a permission
       logging.debug("error", exc_info=True)
-      sys.stderr.write(f"{prog}: error: {os_error_message(e)}\n")
-      sys.exit(1)
+      command.fail(prog, os_error_message(e))
     except (ValueError, RuntimeError, TypeError) as e:
       message = required_binding_message(e)
       if message is None:
         raise
-      sys.stderr.write(f"{prog}: error: {message}\n")
-      sys.exit(1)
+      command.fail(prog, message)
 
-  try:
-    argv = gin_utils.rewrite_gin_args(sys.argv)
-  except gin_utils.ConfigError as e:
-    sys.stderr.write(f"{prog}: error: {e}\n")
-    sys.exit(1)
-  app.run(main, argv=argv)
+  def rewrite(argv):
+    try:
+      return gin_utils.rewrite_gin_args(argv)
+    except gin_utils.ConfigError as e:
+      command.fail(prog, str(e))
+
+  command.run(prog, main, rewrite=rewrite)

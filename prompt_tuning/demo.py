@@ -11,7 +11,6 @@
      held-out word combinations; `python -m prompt_tuning.demo compare`
      prints both accuracies.
 """
-import argparse
 import json
 import os
 import sys
@@ -71,14 +70,14 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
   return jax.device_get(params)
 
 
-def cmd_pretrain(args):
+def cmd_pretrain(out: str, steps: int, seed: int):
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  path = os.path.join(args.out, f"checkpoint_{args.steps}")
+  path = os.path.join(out, f"checkpoint_{steps}")
   if os.path.exists(os.path.join(path, "checkpoint")):
     print(f"frozen model already at {path}")
     return
-  params = pretrain(demo_model(), steps=args.steps, seed=args.seed)
-  print("wrote", checkpoints.save_checkpoint(args.out, params, args.steps))
+  params = pretrain(demo_model(), steps=steps, seed=seed)
+  print("wrote", checkpoints.save_checkpoint(out, params, steps))
 
 
 def read_accuracy(eval_dir, task="demo_last_word"):
@@ -92,9 +91,9 @@ def read_accuracy(eval_dir, task="demo_last_word"):
   return out
 
 
-def cmd_compare(args):
-  initial = read_accuracy(args.initial)
-  learned = read_accuracy(args.learned)
+def cmd_compare(initial_dir: str, learned_dir: str):
+  initial = read_accuracy(initial_dir)
+  learned = read_accuracy(learned_dir)
   a0, a1 = initial[min(initial)], learned[max(learned)]
   print()
   print("Held-out accuracy on demo_last_word ('w1 w2 w3' -> w3, word combinations unseen in")
@@ -106,20 +105,45 @@ def cmd_compare(args):
     sys.exit(1)
 
 
+PROG = "python -m prompt_tuning.demo"
+USAGE = ("COMMAND (pretrain --out=DIR [--steps=1500] [--seed=0], or compare "
+         "--initial=EVAL_DIR --learned=EVAL_DIR)")
+COMMANDS = {"pretrain": ("out", "steps", "seed"), "compare": ("initial", "learned")}
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", None, "pretrain: where to write the frozen T5X checkpoint.")
+  flags.DEFINE_integer("steps", 1500, "pretrain: full-training steps.", lower_bound=1)
+  flags.DEFINE_integer("seed", 0, "pretrain: random seed.")
+  flags.DEFINE_string("initial", None, "compare: EVAL_OUTPUT_DIR of the step-0 prompt.")
+  flags.DEFINE_string("learned", None, "compare: EVAL_OUTPUT_DIR of the learned prompt.")
+  return flags.FLAGS
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("pretrain", help="train and write the tiny frozen T5X checkpoint")
-  p.add_argument("--out", required=True)
-  p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--seed", type=int, default=0)
-  p.set_defaults(fn=cmd_pretrain)
-  c = sub.add_parser("compare", help="print initial vs learned prompt accuracy")
-  c.add_argument("--initial", required=True, help="EVAL_OUTPUT_DIR of the step-0 prompt")
-  c.add_argument("--learned", required=True, help="EVAL_OUTPUT_DIR of the learned prompt")
-  c.set_defaults(fn=cmd_compare)
-  args = parser.parse_args(argv)
-  args.fn(args)
+  """`python -m prompt_tuning.demo pretrain|compare ...` (absl flags)."""
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  values = _define_flags()
+
+  def run(name):
+    if name not in COMMANDS:
+      command.fail(PROG, f"unknown command {name!r}: usage: {PROG} {USAGE}")
+    for other, names in COMMANDS.items():
+      for flag in names:
+        if other != name and flag not in COMMANDS[name] and values[flag].present:
+          command.fail(PROG, f"--{flag} belongs to {other}, not {name}: usage: {PROG} {USAGE}")
+    missing = [f"--{f}" for f in COMMANDS[name] if f not in ("steps", "seed")
+               and values[f].value is None]
+    if missing:
+      command.fail(PROG, f"{name} needs {' and '.join(missing)}: usage: {PROG} {USAGE}")
+    if name == "pretrain":
+      command.load_tensorflow()  # the data pipeline's (seqio): quietly
+      cmd_pretrain(values.out, values.steps, values.seed)
+    else:
+      cmd_compare(values.initial, values.learned)
+
+  command.run(PROG, run, argv=argv, positional=1, usage=USAGE)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ from prompt_tuning import multiprompt
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+from prompt_tuning import progress
 from prompt_tuning import smop
+from prompt_tuning import tables
 
 ENSEMBLE = "ensemble"
 SMOP_FILE = numpy_checkpoints.param_filename("encoder/prompt/router/kernel")
@@ -232,6 +234,10 @@ class Ensemble:
     """[(index, row of fn's outputs)] over a dataset; `finish(outputs, device
     extras, real rows)` completes each batch's (gathered) outputs on the host."""
     out = []
+    count = int(ds.cardinality())
+    done = progress.counter("eval", f"{self._task_of.get(id(ds), 'task')}, {self.n} prompts",
+                            count if count >= 0 else None, "examples",
+                            enabled=jax.process_index() == 0)
     for index, feats in evaluation.batches(ds, self.batch_size, self.mesh):
       result = fn(self.stacked, self.frozen, partitioning.shard_batch(self.mesh, feats))
       result, extras = result if isinstance(result, tuple) else (result, None)
@@ -242,6 +248,7 @@ class Ensemble:
       rows = [i for i, v in enumerate(index.tolist()) if v >= 0]
       out.extend((int(index[r]), jax.tree_util.tree_map(lambda x, r=r: x[r], result))
                  for r in rows)
+      done(len(out))
     return out
 
   def _vote_on_strings(self, vocabulary):
@@ -406,14 +413,9 @@ def summary_table(results, views) -> str:
   """The metrics side by side: one row per (task, metric), one column per view."""
   rows = sorted({(task, metric) for view in views for task, m in results[view].items()
                  for metric in m})
-  header = ["task", "metric"] + list(views)
-  body = [[task, metric] + [
+  return tables.markdown(["task", "metric"] + list(views), [[task, metric] + [
       f"{results[v][task][metric]:.4f}" if metric in results[v].get(task, {}) else "-"
-      for v in views] for task, metric in rows]
-  widths = [max(len(r[c]) for r in [header] + body) for c in range(len(header))]
-  fmt = lambda r: "  ".join(x.ljust(w) if c < 2 else x.rjust(w)
-                            for c, (x, w) in enumerate(zip(r, widths)))
-  return "\n".join(fmt(r) for r in [header] + body)
+      for v in views] for task, metric in rows])
 
 
 def run(evaluator, model, members: Sequence[Member], frozen, batch_size, mesh,

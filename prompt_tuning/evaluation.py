@@ -35,6 +35,7 @@ from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+from prompt_tuning import progress
 
 DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
 EOS_ID = 1
@@ -164,12 +165,16 @@ class ModelFns:
     if evaluator is not None:
       self._task_of = {id(ds): name for name, ds in evaluator.cached_model_datasets.items()}
 
-  def _run(self, fn, ds):
+  def _run(self, fn, ds, what):
     out = []
+    count = int(ds.cardinality())  # seqio's cached eval datasets know their size
+    done = progress.counter("eval", what, count if count >= 0 else None, "examples",
+                            enabled=jax.process_index() == 0)
     for index, feats in batches(ds, self.batch_size, self.mesh):
       result = partitioning.gather(fn(self.params, partitioning.shard_batch(self.mesh, feats)))
       index = global_index(self.mesh, index)
       out.extend((i, r) for i, r in zip(index.tolist(), result) if i >= 0)
+      done(len(out))
     return out
 
   def _labels(self, task_name):
@@ -185,12 +190,13 @@ class ModelFns:
     task_name = self._task_of.get(id(ds))
     label_strings = self._labels(task_name)
     if not label_strings:
-      return [(i, tokens.tolist()) for i, tokens in self._run(self._predict, ds)]
+      return [(i, tokens.tolist()) for i, tokens in self._run(
+          self._predict, ds, f"{task_name or 'task'} step {self._step} greedy decoding")]
     vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
     ids = label_token_ids(vocabulary, label_strings)
     rank = _jitted((id(self.model), "rank", ids.tobytes(), ids.shape),
                    lambda: make_rank_fn(self.model, ids))
-    scored = self._run(rank, ds)
+    scored = self._run(rank, ds, f"{task_name} step {self._step} rank classification")
     if self._log_dir and jax.process_index() == 0:
       file_utils.write_text_atomic(
           os.path.join(self._log_dir, f"{task_name}-{self._step:06}-label_scores.jsonl"),
@@ -200,7 +206,9 @@ class ModelFns:
     return [(i, ids[int(np.argmax(s))].tolist()) for i, s in scored]
 
   def score_fn(self, ds, *unused_args):
-    return [(i, float(score)) for i, score in self._run(self._score, ds)]
+    task_name = self._task_of.get(id(ds))
+    return [(i, float(score)) for i, score in self._run(
+        self._score, ds, f"{task_name or 'task'} step {self._step} scoring")]
 
 
 def check_split(mixture_or_task_name: str, split: str, *, setting: str = "EVAL_SPLIT",
@@ -295,7 +303,7 @@ def _logging_also(logger, extra):
 DECODINGS = ("auto", "rank", "greedy", "both")
 
 
-def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_length=None,
+def run(evaluator, model, params, step, batch_size, mesh, max_decode_length=None,
         decoding="auto"):
   """Evaluates `params`; returns {task: {metric: float}} (plus the mixture summary).
 
@@ -315,7 +323,7 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
         sub = os.path.join(evaluator.log_dir, mode)
         file_utils.makedirs(sub)
         evaluator._loggers = tuple(type(l)(output_dir=sub) for l in loggers)  # pylint: disable=protected-access
-        results[mode] = run(evaluator, model, params, step, writer, batch_size, mesh,
+        results[mode] = run(evaluator, model, params, step, batch_size, mesh,
                             max_decode_length, mode)
     finally:
       evaluator._loggers = loggers  # pylint: disable=protected-access
@@ -346,8 +354,6 @@ def run(evaluator, model, params, step, writer, batch_size, mesh, max_decode_len
     result[name] = summary
   for task, values in routing.items():
     result.setdefault(task, {}).update(values)
-  if writer is not None:
-    writer.scalars(step, {f"eval/{t}/{k}": v for t, m in result.items() for k, v in m.items()})
   for task, m in sorted(result.items()) if jax.process_index() == 0 else ():
     print(f"eval step {step} {task} ({decoding}, {time.time() - start:.1f}s): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
           flush=True)
@@ -482,5 +488,5 @@ def evaluate(*,
                              batch_size, use_cached_tasks, mesh)
   if jax.process_index() == 0:
     print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
-  return run(evaluator, model, param_utils.merge(trainable, frozen), step, None,
-             batch_size, mesh, decoding=decoding)
+  return run(evaluator, model, param_utils.merge(trainable, frozen), step, batch_size, mesh,
+             decoding=decoding)

@@ -60,6 +60,17 @@ def folder_problem(path: str) -> Optional[str]:
   return None
 
 
+def file_problem(path: str) -> Optional[str]:
+  """Why `path` cannot be written as a file, or None: it is a folder, or a
+  local ancestor of it is a file (local paths; gs:// paths only when the
+  object store says it is a folder)."""
+  if is_remote(path):
+    return f"{path} is a folder, not a file" if isdir(path) else None
+  if os.path.isdir(path):
+    return f"{path} is a folder, not a file"
+  return folder_problem(os.path.dirname(os.path.abspath(path)))
+
+
 def disk_full_error(path: str) -> DiskFullError:
   return DiskFullError(f"disk full: no space left on the device to write {path}")
 

@@ -7,6 +7,7 @@
 - Overriding a macro that no config uses (a typo such as `--gin.TRAIN_STEP=10`)
   is an error rather than a silent no-op.
 """
+import difflib
 import logging
 import numbers
 import os
@@ -99,7 +100,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     for binding in bindings:
       name = binding.split("=", 1)[0].strip()
       if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in used:
-        close = sorted(m for m in used if _similar(m, name))
+        close = difflib.get_close_matches(name, sorted(used), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"--gin.{name}: no config uses the macro {name}{hint}")
     # One binding at a time (as gin would parse them joined), so that an error
@@ -156,11 +157,6 @@ def binding_error_message(binding: str, e: Exception) -> str:
   if value[0] in "'\"" and (len(value) == 1 or value[-1] != value[0]):
     reason = f"its string lacks the closing {value[0]}"
   return f"gin config error: {flag} is not a valid gin value ({reason})"
-
-
-def _similar(a: str, b: str) -> bool:
-  a_parts, b_parts = set(a.split("_")), set(b.split("_"))
-  return bool(a_parts & b_parts) or a.startswith(b[:4])
 
 
 # Checks of configured values, for pt-train and pt-eval to run before they

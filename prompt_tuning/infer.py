@@ -39,6 +39,7 @@ per-task pt-eval runs'.
 """
 import dataclasses
 import json
+import os
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -62,6 +63,7 @@ from prompt_tuning import multiprompt
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
+from prompt_tuning import progress
 from prompt_tuning import prompts
 
 PROMPT = "encoder/prompt/prompt"
@@ -273,23 +275,32 @@ class Predictor:
     per = self.batch_size // self.layout.num_shards
     return x[self.layout.shards[0] * per:(self.layout.shards[-1] + 1) * per]
 
-  def batches(self, examples: Sequence[Mapping]) -> list:
-    """Positions of the examples in each batch: in input order within two
-    streams, the tasks decoded greedily and the tasks ranked, so each batch
-    runs one of the two (tasks of one kind share batches)."""
-    out = []
+  def batches(self, examples: Sequence[Mapping], start: int = 0) -> list:
+    """Positions of the examples from `start` on in each batch. Two streams
+    in input order, the tasks decoded greedily and the tasks ranked, so each
+    batch runs one of the two (tasks of one kind share batches); the next
+    batch is always the stream's whose next example comes first, so the
+    outputs complete in about input order (and can be written as they do)."""
+    streams = []
     for ranked in (False, True):
-      stream = [i for i, e in enumerate(examples) if (e["task"] in self.labels) == ranked]
-      out.extend(stream[start:start + self.batch_size]
-                 for start in range(0, len(stream), self.batch_size))
+      stream = [i for i, e in enumerate(examples)
+                if i >= start and (e["task"] in self.labels) == ranked]
+      streams.append([stream[k:k + self.batch_size]
+                      for k in range(0, len(stream), self.batch_size)])
+    out = []
+    while any(streams):
+      first = min((s for s in streams if s), key=lambda s: s[0][0])
+      out.append(first.pop(0))
     return out
 
-  def predict(self, examples: Sequence[Mapping]) -> list:
-    """One output dict per example ({'task', 'inputs', ...}), in order."""
+  def predict(self, examples: Sequence[Mapping], start: int = 0, on_batch=None) -> list:
+    """One output dict per example ({'task', 'inputs', ...}), in order; the
+    examples before `start` are skipped (None). `on_batch({position:
+    output})` is called after every batch."""
     index_of = {name: i for i, name in enumerate(self.tasks)}
     tasks = {name: seqio.get_mixture_or_task(name) for name in self.tasks}
     outputs = [None] * len(examples)
-    for positions in self.batches(examples):
+    for positions in self.batches(examples, start):
       tokens = np.zeros((self.batch_size, self.lengths["inputs"]), np.int32)
       task_index = np.zeros((self.batch_size,), np.int32)
       real = np.zeros((self.batch_size,), bool)
@@ -310,6 +321,8 @@ class Predictor:
       for row, i in enumerate(positions):
         outputs[i] = self._output(examples[i], tasks[examples[i]["task"]],
                                   {k: v[row] for k, v in result.items()})
+      if on_batch is not None:
+        on_batch({i: outputs[i] for i in positions})
     return outputs
 
   def _output(self, example, task, result):
@@ -366,24 +379,147 @@ def infer(input_path: str,
   batch = model_params.dummy_batch(1, lengths["inputs"], lengths["targets"])
   abstract_trainable = param_utils.split(
       nn.unbox(model_params.abstract_params(model, batch)), trainable_params)[0]
+  chief = jax.process_index() == 0
+  # What --output holds is checked now, before anything is loaded or written.
+  writer = OutputWriter(output_path, examples) if output_path and chief else None
   infer_model, task_params = load_prompts(model, abstract_trainable, prompt_files)
   frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
   predictor = Predictor(infer_model, frozen, task_params, lengths, batch_size, mesh, decoding)
-  start = time.time()
-  outputs = predictor.predict(examples)
-  seconds = time.time() - start
-  if jax.process_index() == 0:
-    if output_path:
-      file_utils.write_text_atomic(output_path, "".join(json.dumps(o) + "\n" for o in outputs))
+  start = _agreed_start(writer.start if writer is not None else 0)
+  if start == len(examples):
+    if chief:
+      print(f"pt-infer: {output_path} already holds the predictions of all {len(examples)} "
+            "examples: nothing to do (delete it to predict again)", flush=True)
+    return writer.read_all() if writer is not None else []
+  if start and chief:
+    print(f"pt-infer: resuming after the {start} predictions {output_path} holds", flush=True)
+  done = progress.counter("pt-infer", f"{len(examples)} examples of "
+                          f"{len({e['task'] for e in examples})} tasks", len(examples) - start,
+                          "examples", enabled=chief)
+  finished = [0]
+
+  def on_batch(outputs):
+    if writer is not None:
+      writer.add(outputs)
+    finished[0] += len(outputs)
+    done(finished[0])
+
+  began = time.time()
+  outputs = predictor.predict(examples, start, on_batch)
+  seconds = time.time() - began
+  if writer is not None:
+    writer.close()
+    outputs = writer.read_all()
+  if chief:
     counts = {}
     for example in examples:
       counts[example["task"]] = counts.get(example["task"], 0) + 1
     print(f"pt-infer: {len(examples)} examples of {len(counts)} tasks ("
           + ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) + f") in "
           f"{len(predictor.batches(examples))} batch(es), {seconds:.1f}s with compilation, "
-          f"{len(examples) / max(seconds, 1e-9):.1f} examples/s"
+          f"{(len(examples) - start) / max(seconds, 1e-9):.1f} examples/s"
           + (f" -> {output_path}" if output_path else ""), flush=True)
   return outputs
+
+
+def _agreed_start(start: int) -> int:
+  """Process 0's resume position, on every process (they build the same batches)."""
+  if jax.process_count() == 1:
+    return start
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.int64(start)))
+
+
+class OutputWriter:
+  """--output written as the predictions come: each output line as soon as
+  every line before it is there (in input order), flushed to disk after
+  each batch, so a killed run keeps every line it wrote.
+
+  A rerun with the same --output resumes: the lines already there are kept
+  when they are the outputs of the same inputs (each line holds its input
+  line's keys and values), a line cut short by the kill is dropped, and
+  prediction starts after them. Lines of other inputs are an error: the file
+  is never overwritten. (On gs://, which cannot append, the whole file is
+  written again at most every 30 s and at the end.)
+  """
+
+  def __init__(self, path: str, examples: Sequence[Mapping]):
+    self.path, self.examples = path, examples
+    self._pending = {}
+    self._kept = self._existing()
+    self.start = len(self._kept)
+    self._next = self.start
+    self._remote = file_utils.is_remote(path)
+    self._last_write = 0.0
+    self._opened = False
+
+  def _open(self):
+    """Before the first write (a bad input found later writes nothing): the
+    folder, and the file cut after its last complete line."""
+    self._opened = True
+    if self._remote:
+      return
+    file_utils.makedirs(os.path.dirname(os.path.abspath(self.path)))
+    with open(self.path, "ab") as f:
+      f.truncate(sum(len(line) for line in self._kept))
+
+  def _existing(self) -> list:
+    """The complete output lines already in the file (bytes, with newline)."""
+    problem = file_utils.file_problem(self.path)
+    if problem:
+      raise data.DataError(f"--output {problem}: give a file path")
+    if not file_utils.exists(self.path):
+      return []
+    kept = []
+    for number, line in enumerate(file_utils.read_bytes(self.path).split(b"\n")[:-1], 1):
+      where = f"--output {self.path} line {number}"
+      try:
+        out = json.loads(line.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        raise data.DataError(f"{where} is not an output of pt-infer: use another --output, "
+                             "or delete it") from None
+      if number > len(self.examples) or not isinstance(out, dict) or any(
+          out.get(k) != v for k, v in self.examples[number - 1].items()):
+        raise data.DataError(f"{where} is not the output of input line {number}: --output holds "
+                             "the predictions of other inputs; use another --output, or delete "
+                             "it to predict again")
+      kept.append(line + b"\n")
+    return kept
+
+  def add(self, outputs: Mapping[int, dict]) -> None:
+    self._pending.update(outputs)
+    ready = []
+    while self._next in self._pending:
+      ready.append((json.dumps(self._pending.pop(self._next)) + "\n").encode("utf-8"))
+      self._next += 1
+    if not ready:
+      return
+    if not self._opened:
+      self._open()
+    if self._remote:
+      self._kept.extend(ready)
+      if time.time() - self._last_write > 30:
+        self._rewrite()
+      return
+    with open(self.path, "ab") as f:
+      f.write(b"".join(ready))
+      f.flush()
+      os.fsync(f.fileno())
+
+  def _rewrite(self):
+    file_utils.write_bytes_atomic(self.path, b"".join(self._kept))
+    self._last_write = time.time()
+
+  def close(self) -> None:
+    if self._pending:
+      raise RuntimeError(f"pt-infer: predictions of lines {sorted(self._pending)[:3]}... were "
+                         "never written")
+    if self._remote:
+      self._rewrite()
+
+  def read_all(self) -> list:
+    return [json.loads(line) for line in
+            file_utils.read_bytes(self.path).decode("utf-8").splitlines() if line.strip()]
 
 
 def _define_flags():

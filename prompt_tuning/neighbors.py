@@ -48,6 +48,7 @@ import numpy as np
 
 from prompt_tuning import checkpoints
 from prompt_tuning import file_utils
+from prompt_tuning import tables
 
 PROG = "pt-neighbors"
 EMBEDDING_NAME = "token_embedder/embedding"
@@ -154,6 +155,8 @@ def load_embedding(checkpoint_path: str) -> np.ndarray:
 def task_labels(task: str, task_module: Optional[Sequence[str]]) -> list:
   """The class labels a task registered (prompt_tuning.tasks.labels)."""
   import importlib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  command.load_tensorflow()  # task modules import seqio, which imports TensorFlow: quietly
   from prompt_tuning.tasks import labels  # pylint: disable=g-import-not-at-top
   for module in task_module or ():
     try:
@@ -275,7 +278,8 @@ def summary(records: Sequence[dict], class_labels: Sequence[str], top_k: int) ->
 
 
 def _cell(text: str) -> str:
-  return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+  """A piece in a table cell ('|' is escaped by tables.markdown)."""
+  return text.replace("\\", "\\\\").replace("`", "'")
 
 
 def markdown(records: Sequence[dict], *, checkpoint: str, prompt: str, shape, top_k: int,
@@ -290,16 +294,16 @@ def markdown(records: Sequence[dict], *, checkpoint: str, prompt: str, shape, to
   header = (["prompt"] if smop else []) + ["position", "neighbours (cosine similarity)"]
   if class_labels:
     header.append("label")
-  lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  rows = []
   for r in records:
-    cells = [str(r["prompt"])] if smop else []
-    cells.append(str(r["position"]))
+    cells = [r["prompt"]] if smop else []
+    cells.append(r["position"])
     cells.append(", ".join(f"`{_cell(p)}` {s:.3f}" for p, s in zip(r["pieces"],
                                                                    r["similarities"])))
     if class_labels:
       cells.append(", ".join(r["label_match"]))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    rows.append(cells)
+  return "\n".join(lines + [tables.markdown(header, rows)]) + "\n"
 
 
 def run(*, checkpoint: str, prompt: str, top_k: int, output_dir: str, vocabulary: str,
@@ -383,25 +387,20 @@ def _define_flags():
 
 
 def console_main():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
   flag_values = _define_flags()
 
-  def main(argv):
-    if len(argv) > 1:
-      sys.stderr.write(f"{PROG}: error: unexpected arguments: {' '.join(argv[1:])}\n")
-      sys.exit(1)
+  def main():
     try:
       text = run(checkpoint=flag_values.checkpoint, prompt=flag_values.prompt,
                  top_k=flag_values.top_k, output_dir=flag_values.output_dir,
                  vocabulary=flag_values.vocabulary, class_labels=flag_values.class_labels,
                  task=flag_values.task, task_module=flag_values.task_module)
     except NeighborsError as e:
-      sys.stderr.write(f"{PROG}: error: {_first_line(e)}\n")
-      sys.exit(1)
+      command.fail(PROG, e)
     sys.stdout.write(text)
 
-  app.run(main)
+  command.run(PROG, main)
 
 
 if __name__ == "__main__":

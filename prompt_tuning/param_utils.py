@@ -5,14 +5,14 @@ from typing import Iterable, Mapping
 import flax
 
 
-def flatten(tree, sep="/"):
-  """{'a': {'b': x}} -> {'a/b': x} (FrozenDicts and boxed params accepted)."""
-  tree = flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
-  return {sep.join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+def flatten(tree, sep="/", is_leaf=None):
+  """{'a': {'b': x}} -> {'a/b': x} (FrozenDicts and boxed params accepted);
+  `is_leaf(path, subtree)` keeps a matching dict whole (as one leaf)."""
+  return flax.traverse_util.flatten_dict(tree, is_leaf=is_leaf, sep=sep)
 
 
 def unflatten(flat, sep="/"):
-  return flax.traverse_util.unflatten_dict({tuple(k.split(sep)): v for k, v in flat.items()})
+  return flax.traverse_util.unflatten_dict(dict(flat), sep=sep)
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:

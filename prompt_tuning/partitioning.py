@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 # (logical axis, mesh axis) as in T5X's standard_logical_axis_rules.
 LOGICAL_AXIS_RULES = (
@@ -43,14 +43,19 @@ LOGICAL_AXIS_RULES = (
 
 @gin.configurable
 def make_mesh(num_partitions: int = 1, devices: Optional[Sequence] = None) -> Mesh:
+  """The ('data', 'model') mesh over every device (NUM_PARTITIONS along
+  'model'), laid out by `jax.make_mesh`, which knows a TPU slice's topology
+  (model-parallel partners on neighbouring chips), as T5X's mesh_utils does.
+  Axes are 'Auto': shardings come from the logical axis rules below."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.check_int("NUM_PARTITIONS", num_partitions)
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  if devices.size % num_partitions:
+  devices = list(devices if devices is not None else jax.devices())
+  if len(devices) % num_partitions:
     raise gin_utils.ConfigError(
-        f"NUM_PARTITIONS {num_partitions} does not divide the {devices.size} devices: use a "
+        f"NUM_PARTITIONS {num_partitions} does not divide the {len(devices)} devices: use a "
         "divisor of the device count")
-  return Mesh(devices.reshape(-1, num_partitions), ("data", "model"))
+  return jax.make_mesh((len(devices) // num_partitions, num_partitions), ("data", "model"),
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def param_shardings(mesh: Mesh, boxed_shapes):

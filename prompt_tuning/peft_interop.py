@@ -443,32 +443,29 @@ def export_adapter(*, output_dir: str, model, prompt_file: Optional[str] = None,
 
 # ---------------------------------------------------------------- commands
 
+IMPORT_PROG = "pt-import-peft"
 
-def import_main(argv=None) -> int:
-  """pt-import-peft ADAPTER_DIR OUT_DIR."""
-  prog = "pt-import-peft"
-  args = list(sys.argv[1:] if argv is None else argv)
-  if args and args[0] in ("-h", "--help"):
-    print(f"usage: {prog} ADAPTER_DIR OUT_DIR\n\n" + __doc__.split("\n\n")[2], flush=True)
-    return 0
-  if len(args) != 2 or any(a.startswith("--") for a in args):
-    sys.stderr.write(f"{prog}: error: usage: {prog} ADAPTER_DIR OUT_DIR (got "
-                     f"{' '.join(args) or 'no arguments'})\n")
-    return 1
-  adapter_dir, out_dir = args
+
+def _import_command(adapter_dir: str, out_dir: str) -> None:
+  """pt-import-peft's work: prints what it wrote, or one error line."""
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
   from prompt_tuning import numpy_checkpoints  # pylint: disable=g-import-not-at-top
   try:
     flat = import_adapter(adapter_dir, out_dir)
-  except (PeftError, numpy_checkpoints.CheckpointDamagedError, file_utils.DiskFullError) as e:
-    sys.stderr.write(f"{prog}: error: {str(e).splitlines()[0]}\n")
-    return 1
-  except OSError as e:
-    sys.stderr.write(f"{prog}: error: {e}\n")
-    return 1
+  except (PeftError, numpy_checkpoints.CheckpointDamagedError, file_utils.DiskFullError,
+          OSError) as e:
+    command.fail(IMPORT_PROG, e)
   count = sum(v.size for v in flat.values())
   print(f"Wrote {len(flat)} parameters ({count:,} values) and {METHOD_GIN} to {out_dir}",
         flush=True)
-  return 0
+
+
+def import_main(argv=None) -> int:
+  """`pt-import-peft ADAPTER_DIR OUT_DIR` (absl flags: --verbosity, --help),
+  `argv` being its arguments (sys.argv's when None): the exit status."""
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  return command.call(IMPORT_PROG, _import_command, sys.argv[1:] if argv is None else argv,
+                      positional=2, usage="ADAPTER_DIR OUT_DIR")
 
 
 def import_console_main():

@@ -20,7 +20,6 @@ prompt_tuning.plots under ROOT/plots/.
 Run folders are only read, so a report of a running sweep is safe. A damaged
 file of one run gives a warning and missing values, not a failed report.
 """
-import argparse
 import ast
 import collections
 import csv
@@ -40,6 +39,7 @@ import numpy as np
 from prompt_tuning import file_utils
 from prompt_tuning import numpy_checkpoints
 from prompt_tuning import plots as plots_lib
+from prompt_tuning import tables
 
 MANIFEST = "sweep.json"
 RUN_RECORD = "run.json"
@@ -696,12 +696,6 @@ def _fmt(value, like: Optional[float] = None) -> str:
   return f"{value:.4f}" if scale >= 1e-3 else f"{value:.3g}"
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-  def line(cells):
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-  return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in body])
-
-
 def _metric_names(metrics: Sequence[str]) -> Dict[str, str]:
   """Shown names: without the task when the sweep has a single task."""
   tasks = {m.split("/", 1)[0] for m in metrics}
@@ -730,7 +724,7 @@ def _runs_table(sweep: Sweep, rows) -> str:
                 MISSING if best is None else f"{_fmt(best)} (@{step})"]
     cells += [_fmt(row["train_loss"]), _fmt(row["examples_per_second"])]
     body.append(cells)
-  return _md_table(header, body)
+  return tables.markdown(header, body)
 
 
 def _mean_cell(stats, column: str, size: int) -> str:
@@ -759,7 +753,7 @@ def _aggregate_table(sweep: Sweep, rows, aggregates) -> str:
     stats = {a["row"]: a for a in aggregates[i:i + 3]}
     cells = [_label(stats["mean"][a]) for a in axes] + [str(size), stats["mean"]["status"]]
     body.append(cells + [_mean_cell(stats, c, size) for c in columns])
-  return _md_table(header, body)
+  return tables.markdown(header, body)
 
 
 def _caption(name: str) -> str:
@@ -944,29 +938,49 @@ def write_report(root: str, plots: bool = True, *, metric: Optional[str] = None,
 
 # The command line.
 
-
-class _ArgumentParser(argparse.ArgumentParser):
-  """Usage errors as ReportError: one error line, like every other bad input."""
-
-  def error(self, message):
-    raise ReportError(message)
+USAGE = "ROOT [--noplots] [--metric=M] [--x=AXIS] [--hue=AXIS] [--best]"
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = _ArgumentParser(
-      prog=f"{PROG} report",
-      description="Joins the runs under ROOT (a sweep folder, a folder of run folders, or "
-      f"one run) into ROOT/{CSV_FILE}, ROOT/{MD_FILE} and figures in ROOT/{PLOTS_DIR}/.")
-  parser.add_argument("root", metavar="ROOT")
-  parser.add_argument("--noplots", action="store_true", help="write the tables only")
-  parser.add_argument("--metric", help="task/metric of the figures (default: the mixture's "
-                      "average, else the task's first metric)")
-  parser.add_argument("--x", help="swept axis on the ablation's x axis (default: the numeric "
-                      "axis with most values)")
-  parser.add_argument("--hue", help="swept axis with one line per value (default: the next)")
-  parser.add_argument("--best", action="store_true",
-                      help="ablation of the best value of each run instead of the final one")
-  return parser
+def _define_flags():
+  """The report's own flags, defined when `pt-sweep report` runs."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if "metric" in flags.FLAGS:  # a second run in one process
+    return
+  flags.DEFINE_bool("plots", True, "Draw the figures (--noplots: the tables only).")
+  flags.DEFINE_string("metric", None, "task/metric of the figures (default: the mixture's "
+                      "average, else the task's first metric).")
+  flags.DEFINE_string("x", None, "Swept axis on the ablation's x axis (default: the numeric "
+                      "axis with most values).")
+  flags.DEFINE_string("hue", None, "Swept axis with one line per value (default: the next).")
+  flags.DEFINE_bool("best", False, "Ablation of the best value of each run instead of the "
+                    "final one.")
+
+
+_OWN_FLAGS = ("plots", "metric", "x", "hue", "best")
+
+
+def _report_command(root: str) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  # pt-sweep's own flags (and pt-train's, which it takes) do nothing here.
+  for name, flag in values.flags_by_module_dict().items():
+    if name.startswith("prompt_tuning.") and name != __name__:
+      given = [f"--{f.name}" for f in flag if f.present]
+      if given:
+        command.fail(PROG, f"{given[0]} is not a flag of {PROG} report: usage: {PROG} report "
+                     f"{USAGE}")
+  try:
+    text, sweep = _report(root, values.plots, values.metric, values.x, values.hue, values.best)
+  except ReportError as e:
+    command.fail(PROG, e)
+  except OSError as e:  # results cannot be written (permissions, full disk)
+    command.fail(PROG, e)
+  for warning in sweep.warnings:
+    sys.stderr.write(f"{PROG}: warning: {warning}\n")
+  sys.stdout.write(text)
+  print(f"wrote {os.path.join(root, CSV_FILE)}, {os.path.join(root, MD_FILE)}"
+        + ("" if not values.plots else f" and figures in {os.path.join(root, PLOTS_DIR)}"))
 
 
 def console_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -975,25 +989,9 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
   argv: the arguments after `report` (a leading 'report' is dropped too);
   sys.argv's when None. Returns the exit status.
   """
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
   argv = list(sys.argv[1:] if argv is None else argv)
-  if len(argv) > 1 and argv[0] == "report":
+  if argv[:1] == ["report"]:
     argv = argv[1:]
-  try:
-    args = _parser().parse_args(argv)
-    text, sweep = _report(args.root, not args.noplots, args.metric, args.x, args.hue,
-                          args.best)
-  except SystemExit as e:  # --help
-    return e.code if isinstance(e.code, int) else 0
-  except ReportError as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    return 1
-  except OSError as e:  # results cannot be written (permissions, full disk)
-    sys.stderr.write(f"{PROG}: error: {e}\n")
-    return 1
-  for warning in sweep.warnings:
-    sys.stderr.write(f"{PROG}: warning: {warning}\n")
-  sys.stdout.write(text)
-  print(f"wrote {os.path.join(args.root, CSV_FILE)}, {os.path.join(args.root, MD_FILE)}"
-        + ("" if args.noplots else f" and figures in {os.path.join(args.root, PLOTS_DIR)}"))
-  return 0
+  _define_flags()
+  return command.call(PROG, _report_command, argv, positional=1, usage=f"report {USAGE}")

@@ -25,14 +25,18 @@ import numpy as np
 
 from prompt_tuning import file_utils
 
-# The format's dtype names and their numpy equivalents (little-endian).
+# The format's dtype names and their numpy equivalents (little-endian), in
+# the order of the reference implementation's `Dtype` enum (safetensors 0.8,
+# `safetensors/src/tensor.rs`), which its writer sorts by: increasing alignment.
 DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"), "U16": np.dtype("<u2"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I32": np.dtype("<i4"), "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
+_RANK = {name: i for i, name in enumerate(DTYPES)}
 # A header larger than this is refused as damage (safetensors' own limit).
 MAX_HEADER_BYTES = 100_000_000
 
@@ -83,22 +87,29 @@ def load(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
 
 def serialize(tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None
               ) -> bytes:
-  """The bytes of a safetensors file holding `tensors` (sorted by name, as the
-  reference writer orders them) and string `metadata`."""
-  header, chunks, offset = {}, [], 0
-  for name in sorted(tensors):
-    array = np.ascontiguousarray(tensors[name])
+  """The bytes of a safetensors file holding `tensors` and string `metadata`,
+  laid out as the reference writer lays them out: tensors by decreasing dtype
+  alignment, then by name (so every tensor's data starts at a multiple of its
+  element size), the header's `__metadata__` first, compact JSON padded with
+  spaces to a multiple of 8 bytes."""
+  prepared = []
+  for name, value in tensors.items():
+    array = np.ascontiguousarray(value)
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if dtype not in _NAMES:
       raise SafetensorsError(f"tensor {name!r} has dtype {array.dtype}, which safetensors "
                              f"cannot hold (use one of {', '.join(sorted(DTYPES))})")
-    raw = array.astype(dtype, copy=False).tobytes()
-    header[name] = {"dtype": _NAMES[dtype], "shape": list(array.shape),
+    prepared.append((name, _NAMES[dtype], array.astype(dtype, copy=False)))
+  prepared.sort(key=lambda item: (-_RANK[item[1]], item[0]))
+  header, chunks, offset = {}, [], 0
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  for name, dtype_name, array in prepared:
+    raw = array.tobytes()
+    header[name] = {"dtype": dtype_name, "shape": list(array.shape),
                     "data_offsets": [offset, offset + len(raw)]}
     chunks.append(raw)
     offset += len(raw)
-  if metadata:
-    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   text = json.dumps(header, separators=(",", ":")).encode("utf-8")
   text += b" " * (-len(text) % 8)
   return struct.pack("<Q", len(text)) + text + b"".join(chunks)

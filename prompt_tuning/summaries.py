@@ -1,33 +1,36 @@
-"""Training summaries: TensorBoard scalars (tf.summary event files) and the
-metrics a prompt module reports through Flax's `intermediates` collection."""
+"""Training summaries: TensorBoard through clu's metric writers (what T5X
+uses), and the metrics a prompt module reports through Flax's
+`intermediates` collection."""
+import json
+from typing import Mapping, Optional
+
+from clu import metric_writers
 import gin
 import jax
 import jax.numpy as jnp
-import tensorflow as tf
 
 
-class SummaryWriter:
-  """tf.summary scalars under `log_dir` (T5X writes MODEL_DIR/train)."""
-
-  def __init__(self, log_dir: str):
-    self._writer = tf.summary.create_file_writer(log_dir)
-
-  def scalars(self, step: int, values: dict) -> None:
-    with self._writer.as_default():
-      for name, value in values.items():
-        tf.summary.scalar(name, value, step=step)
-    self._writer.flush()
-
-  def close(self):
-    self._writer.close()
+def writer(log_dir: Optional[str], *, asynchronous: bool = True) -> metric_writers.MetricWriter:
+  """A clu writer of TensorBoard event files under `log_dir` (T5X writes
+  MODEL_DIR/train), also logging each value at INFO; None writes no files.
+  Asynchronous: a write does not wait for the file system. `close()` flushes."""
+  return metric_writers.create_default_writer(log_dir, just_logging=log_dir is None,
+                                              asynchronous=asynchronous)
 
 
-def learning_rate() -> float:
-  """The optimizer's constant learning rate as bound in gin (for the logs)."""
-  try:
-    return float(gin.query_parameter("adafactor.learning_rate"))
-  except (ValueError, TypeError):
-    return 0.3  # optimizers.adafactor's default
+def write_config(metric_writer, step: int, macros: Mapping[str, object]) -> None:
+  """The operative gin config as TensorBoard text (`config`, as T5X shows it)
+  and the run's scalar macros as HParams (a sweep's points compare in
+  TensorBoard's HParams tab)."""
+  metric_writer.write_texts(step, {"config": gin.markdown(gin.operative_config_str())})
+  hparams = {}
+  for name, value in macros.items():
+    if isinstance(value, (bool, int, float, str)) and not (isinstance(value, str) and
+                                                          len(value) > 200):
+      hparams[name] = value
+    elif value is None or isinstance(value, (list, dict)):
+      hparams[name] = json.dumps(value)
+  metric_writer.write_hparams(hparams)
 
 
 def intermediate_metrics(intermediates) -> dict:

@@ -29,7 +29,6 @@ import re
 import sys
 from typing import Any, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 
 from prompt_tuning import cli  # pylint: disable=unused-import  (pt-train's flags: --gin_file, ...)
@@ -289,6 +288,8 @@ def validate(sweep: Sweep) -> None:
   """Parses every point's config as pt-train would (in this process: no JAX
   backend starts) and records its TRAIN_STEPS; the first bad point is the error."""
   import gin  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  command.load_tensorflow()  # the configurables import seqio, which imports it: quietly
   from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   swept = {axis.name for axis in sweep.axes}
@@ -537,24 +538,25 @@ def main(argv: Sequence[str]) -> int:
 
 
 def console_main():
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if sys.argv[1:2] == ["report"]:
     from prompt_tuning import report  # pylint: disable=g-import-not-at-top
     sys.exit(report.console_main(sys.argv[2:]))
+  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
 
-  def parse(argv):
+  def rewrite(argv):
     try:
-      return _parse_flags(argv)
-    except SweepError as e:
-      sys.exit(_error(e))
+      return gin_utils.rewrite_gin_args(list(argv))
+    except gin_utils.ConfigError as e:
+      command.fail(PROG, e)
 
-  def run(argv):
+  def run(*args):
     try:
-      return _run_parsed(argv)
+      return _run_parsed([PROG, *args])
     except SweepError as e:
       return _error(e)
     except KeyboardInterrupt:
       sys.stderr.write(f"{PROG}: interrupted: rerun the same command to resume\n")
       return 130
 
-  app.run(run, argv=sys.argv, flags_parser=parse)
+  command.run(PROG, run, rewrite=rewrite, positional=None)

@@ -41,9 +41,11 @@ from prompt_tuning import gin_utils
 from prompt_tuning import methods
 from prompt_tuning import model_params
 from prompt_tuning import numpy_checkpoints
+from prompt_tuning import optimizers
 from prompt_tuning import param_utils
 from prompt_tuning import partitioning
 from prompt_tuning import preemption
+from prompt_tuning import progress as progress_lib
 from prompt_tuning import run_lock
 from prompt_tuning import run_record
 from prompt_tuning import summaries
@@ -65,9 +67,12 @@ def make_train_step(model, optimizer):
       return model.loss_fn(param_utils.merge(tr, frozen), batch, dropout_rng)
 
     (_, (metrics, intermediates)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+    metrics = dict(metrics)
+    hyperparams = getattr(opt_state, "hyperparams", None) or {}
+    if "learning_rate" in hyperparams:  # optimizers.adafactor's, injected: what this update uses
+      metrics["learning_rate"] = hyperparams["learning_rate"]
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    metrics = dict(metrics)
     metrics["grad_norm"] = optax.global_norm(grads)
     # The loss is computed before the update: check the updated parameters too,
     # so a diverged prompt is never checkpointed.
@@ -174,7 +179,7 @@ def _restore(model_dir: str, mesh, trainable, opt_state, random_seed: int, data_
   if state is None:
     raise TrainError(f"{directory} has no {numpy_checkpoints.STATE_FILE}: it cannot be "
                      "resumed; use a fresh MODEL_DIR (or PROMPT_FILE to start from its prompt)")
-  opt_state = flax.serialization.from_state_dict(opt_state, state["opt_state"])
+  opt_state = optimizers.restore_state(opt_state, state["opt_state"], start_step)
   if int(state["random_seed"]) != random_seed:
     logging.warning("resuming with RANDOM_SEED %d, checkpoint used %d", random_seed,
                     int(state["random_seed"]))
@@ -208,45 +213,42 @@ class _Schedule:
     return self.stop_after_step is not None and done >= self.stop_after_step
 
 
-def _format_eta(seconds):
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class _Progress:
   """The progress line process 0 prints and the scalars it writes to
-  TensorBoard (MODEL_DIR/train), every LOG_PERIOD steps."""
+  TensorBoard (MODEL_DIR/train), every LOG_PERIOD steps; rate and ETA from
+  clu's progress reporter (progress.Progress), told of every step."""
 
-  def __init__(self, model_dir: str, train_steps: int, batch_size: int, start_step: int):
-    self._writer = (summaries.SummaryWriter(os.path.join(model_dir, "train"))
-                    if jax.process_index() == 0 else None)
+  def __init__(self, model_dir: str, train_steps: int, batch_size: int, start_step: int,
+               log_period: int):
+    chief = jax.process_index() == 0
+    self.writer = summaries.writer(os.path.join(model_dir, "train")) if chief else None
     self._train_steps, self._batch_size = train_steps, batch_size
-    self._lr = summaries.learning_rate()
-    self._tick, self._tick_step = time.time(), start_step
+    self._report = progress_lib.Progress(train_steps, start=start_step, every_steps=log_period,
+                                         metric_writer=self.writer)
 
-  @property
-  def writer(self):
-    return self._writer
+  def tick(self, done: int) -> None:
+    """A step that does not log."""
+    self._report(done)
 
   def log(self, done: int, loss: float, metrics) -> None:
-    now = time.time()
-    steps_per_s = (done - self._tick_step) / max(now - self._tick, 1e-9)
+    """A step that logs (its loss checked): the line and the scalars."""
+    self._report(done)
+    steps_per_s = self._report.steps_per_sec
     host = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "params_finite"}
-    host.update(learning_rate=self._lr, steps_per_second=steps_per_s,
-                examples_per_second=steps_per_s * self._batch_size)
+    host["examples_per_second"] = steps_per_s * self._batch_size
     routing = " ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in host.items()
                        if k.startswith("routing/"))
-    if self._writer is not None:
-      self._writer.scalars(done, host)
-      print(f"step {done}/{self._train_steps} loss {loss:.4f} lr {self._lr:g} "
+    if self.writer is not None:
+      self.writer.write_scalars(done, host)
+      lr = f" lr {host['learning_rate']:g}" if "learning_rate" in host else ""
+      print(f"step {done}/{self._train_steps} loss {loss:.4f}{lr} "
             f"steps/s {steps_per_s:.2f} examples/s {steps_per_s * self._batch_size:.1f} "
-            f"ETA {_format_eta((self._train_steps - done) / max(steps_per_s, 1e-9))}"
+            f"ETA {progress_lib.format_eta(self._report.eta_seconds)}"
             + (f" routing {routing}" if routing else ""), flush=True)
-    self._tick, self._tick_step = now, done
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
 
 @dataclasses.dataclass
@@ -344,10 +346,13 @@ def _loop(*, step_fn, trainable, opt_state, frozen, step_rng, iterator, mesh, st
       stop = done < schedule.train_steps and preempted(done)
       last = schedule.ends_early(done)
       if not (logs or saves or evals or stop or last):
+        progress.tick(done)
         continue
       loss, pending = _checked_loss(*pending, model_dir), None
       if logs:
         progress.log(done, loss, metrics)
+      else:
+        progress.tick(done)
       if saves:
         checkpointer.save(done, trainable, opt_state, iterator)
       if evals:
@@ -497,12 +502,13 @@ def train(*,
     if ready < start_step:
       raise TrainError(f"{what} ran out at step {ready}")
 
-    progress = _Progress(model_dir, train_steps, batch_size, start_step)
+    progress = _Progress(model_dir, train_steps, batch_size, start_step, log_period)
+    if progress.writer is not None and start_step == 0:
+      summaries.write_config(progress.writer, 0, record["macros"])
 
     def evaluate(done, trainable):
       evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), done,
-                     progress.writer, eval_batch_size or batch_size, mesh,
-                     decoding=eval_decoding)
+                     eval_batch_size or batch_size, mesh, decoding=eval_decoding)
 
     t0 = time.time()
     trainable = _loop(
@@ -512,7 +518,9 @@ def train(*,
                            eval_period if evaluator is not None else None, stop_after_step),
         progress=progress, checkpointer=checkpointer, evaluate=evaluate, what=what)
     progress.close()
-    logging.info("Training finished in %.1fs", time.time() - t0)
+    if jax.process_index() == 0:
+      last = numpy_checkpoints.checkpoint_dir(model_dir, numpy_checkpoints.latest_step(model_dir))
+      print(f"Training finished in {time.time() - t0:.1f}s: {last}", flush=True)
   except file_utils.DiskFullError as e:
     latest = numpy_checkpoints.latest_step(model_dir)
     kept = ("no checkpoint was written" if latest is None else

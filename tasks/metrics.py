@@ -14,6 +14,7 @@ import string
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 MetricFn = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
 
@@ -117,44 +118,25 @@ def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]):
   return {"matthews_corrcoef": 100 * _matthews(targets, predictions)}
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-  x, y = x - x.mean(), y - y.mean()
-  denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  return float(np.sum(x * y) / denominator) if denominator else 0.0
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n, ties given the mean of their ranks (as scipy.stats.rankdata)."""
-  order = np.argsort(x, kind="mergesort")
-  sorted_x = x[order]
-  ranks = np.empty(len(x), dtype=np.float64)
-  start = 0
-  while start < len(x):
-    end = start
-    while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
-      end += 1
-    ranks[order[start:end + 1]] = (start + end) / 2 + 1
-    start = end + 1
-  return ranks
+def _correlation(statistic, targets, predictions) -> float:
+  """scipy.stats' coefficient of the two sides, 0.0 when either side is
+  constant or has fewer than 2 values (where scipy returns NaN and warns)."""
+  x = np.asarray(targets, np.float64)
+  y = np.asarray(predictions, np.float64)
+  if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+    return 0.0
+  return float(statistic(x, y).statistic)
 
 
 def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]):
   """{'pearson_corrcoef'} x100 (0 when a side is constant)."""
-  x = np.asarray(targets, np.float64)
-  y = np.asarray(predictions, np.float64)
-  if x.size < 2:
-    return {"pearson_corrcoef": 0.0}
-  return {"pearson_corrcoef": 100 * _pearson(x, y)}
+  return {"pearson_corrcoef": 100 * _correlation(stats.pearsonr, targets, predictions)}
 
 
 def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]):
-  """{'spearman_corrcoef'} x100: Pearson of the (tie-averaged) ranks."""
-  x = np.asarray(targets, np.float64)
-  y = np.asarray(predictions, np.float64)
-  if x.size < 2:
-    return {"spearman_corrcoef": 0.0}
-  return {"spearman_corrcoef": 100 * _pearson(_average_ranks(x),
-                                              _average_ranks(y))}
+  """{'spearman_corrcoef'} x100: Pearson of the tie-averaged ranks (0 when a
+  side is constant)."""
+  return {"spearman_corrcoef": 100 * _correlation(stats.spearmanr, targets, predictions)}
 
 
 def multirc_metrics(targets: Sequence[Mapping[str, Any]],

@@ -104,9 +104,10 @@ def run_cli(prog, args, timeout=300):
                         env=env, timeout=timeout, check=False)
 
 
-def run_cli_in_process(prog, args):
-  """pt-train / pt-eval run as `cli.run` runs them, in this process (no interpreter
-  start-up, jitted code and datasets shared): (exit status, stderr text).
+def run_cli_in_process(prog, args, stdout=None):
+  """pt-train / pt-eval / pt-infer run as `cli.run` runs them, in this process
+  (no interpreter start-up, jitted code and datasets shared): (exit status,
+  stderr text). `stdout`: a StringIO that gets what the command prints.
 
   An exception that escapes cli.run, which a user would see as a traceback,
   comes back as exit status 1 with the traceback in the stderr text.
@@ -117,8 +118,11 @@ def run_cli_in_process(prog, args):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
   from prompt_tuning import eval as pt_eval  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import infer as pt_infer  # pylint: disable=g-import-not-at-top
   from prompt_tuning import train as pt_train  # pylint: disable=g-import-not-at-top
-  main = {"pt-train": pt_train.main, "pt-eval": pt_eval.main}[prog]
+  if prog == "pt-infer":
+    pt_infer._define_flags()  # pylint: disable=protected-access
+  main = {"pt-train": pt_train.main, "pt-eval": pt_eval.main, "pt-infer": pt_infer.main}[prog]
   saved_env = {k: os.environ.pop(k) for k in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")
                if k in os.environ}
   saved_argv, err = sys.argv, io.StringIO()
@@ -126,7 +130,8 @@ def run_cli_in_process(prog, args):
   gin.clear_config()
   sys.argv = [prog, *map(str, args)]
   try:
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), (contextlib.redirect_stdout(stdout) if stdout is not None
+                                           else contextlib.nullcontext()):
       try:
         cli.run(main, prog)
         status = 0
@@ -141,6 +146,16 @@ def run_cli_in_process(prog, args):
     gin.clear_config()
     flags.FLAGS.unparse_flags()
   return status, err.getvalue()
+
+
+def run_cli_here(prog, args):
+  """What `run_cli` returns (returncode, stdout, stderr), from a run in this
+  process (`run_cli_in_process`): for tests of what a command does, not of
+  the interpreter around it."""
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  status, err = run_cli_in_process(prog, args, stdout=out)
+  return subprocess.CompletedProcess([prog, *map(str, args)], status, out.getvalue(), err)
 
 
 def snapshot(directory):

@@ -151,14 +151,14 @@ def shared_runs(tmp_path_factory):
   for path, single in zip(members, singles):
     evaluator._loggers = (seqio.JSONLogger(str(single)),)  # pylint: disable=protected-access
     trainable, step, _ = evaluation.load_trainable(abstract, path, None)
-    evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), step, None, 16, mesh)
+    evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), step, 16, mesh)
   short = root / "short.npy"
   np.save(short, np.random.RandomState(9).uniform(-0.5, 0.5, (4, 32)).astype("f4"))
   short_model = helpers.build_model(SMALL + ["PROMPT_LENGTH = 4"])
   short_evaluator = evaluation.make_evaluator(short_model, "mp_class", LENGTHS, "validation",
                                               str(root / "short_eval"), 16, False, mesh)
   trainable, _, _ = evaluation.load_trainable(abstract_trainable(short_model), str(short), None)
-  evaluation.run(short_evaluator, short_model, param_utils.merge(trainable, frozen), 0, None, 16,
+  evaluation.run(short_evaluator, short_model, param_utils.merge(trainable, frozen), 0, 16,
                  mesh)
   _SHARED[key] = types.SimpleNamespace(root=root, ckpt=ckpt, model=model, frozen=frozen,
                                        mesh=mesh, evaluator=evaluator,

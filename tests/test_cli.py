@@ -11,10 +11,10 @@ FILES = ["--gin_file=" + f for f in helpers.TINY_FILES]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, frozen_ckpt):
   """A finished 2-step run on a random frozen checkpoint: (model_dir, checkpoint)."""
   root = tmp_path_factory.mktemp("cli")
-  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  ckpt = frozen_ckpt
   model_dir = root / "run"
   helpers.train_in_process(model_dir, [f"INITIAL_CHECKPOINT_PATH = '{ckpt}'", "TRAIN_STEPS = 2",
                                        "EVAL_PERIOD = None", "CHECKPOINT_PERIOD = 1"])
@@ -81,5 +81,5 @@ def test_bad_input_one_error_and_model_dir_intact(case, trained, tmp_path):
   else:
     args = [a for a in train_args(model_dir, ckpt) if not a.startswith("--gin.MODEL_DIR")]
     needles = ["MODEL_DIR"]
-  assert_one_line_error(helpers.run_cli("pt-train", args), "pt-train", *needles)
+  assert_one_line_error(helpers.run_cli_here("pt-train", args), "pt-train", *needles)
   assert helpers.snapshot(model_dir) == before

@@ -257,10 +257,10 @@ COMMON = ["CHECKPOINT_PERIOD = 2", "EVAL_PERIOD = None", "LOG_PERIOD = 2"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, frozen_ckpt):
   """(frozen checkpoint, a finished 4-step run, the prompt of an uninterrupted 6-step run)."""
   root = tmp_path_factory.mktemp("damaged")
-  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  ckpt = frozen_ckpt
   common = COMMON + [f"INITIAL_CHECKPOINT_PATH = '{ckpt}'"]
   helpers.train_in_process(root / "four", common + ["TRAIN_STEPS = 4"])
   six = helpers.train_in_process(root / "six", common + ["TRAIN_STEPS = 6"])
@@ -312,7 +312,7 @@ def test_pt_eval_damaged_checkpoint_folder_is_one_line(runs, tmp_path):
   before = helpers.snapshot(model_dir)
   bindings = helpers.TINY_BINDINGS + [f"CHECKPOINT_PATH = '{ckpt}'", f"PROMPT_FILE = '{latest}'",
                                       f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"]
-  result = helpers.run_cli("pt-eval", ["--gin_file=" + f for f in helpers.TINY_FILES]
+  result = helpers.run_cli_here("pt-eval", ["--gin_file=" + f for f in helpers.TINY_FILES]
                            + ["--gin_file=runs/prompt_eval.gin"] + helpers.as_flags(bindings))
   assert result.returncode == 1, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]

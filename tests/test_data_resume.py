@@ -48,11 +48,11 @@ def _prompt(model_dir, step=6):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, frozen_ckpt):
   """An uninterrupted 6-step run (its batches recorded) and a run killed after
   step 5 (checkpoints 0, 2, 4) to copy and resume."""
   root = tmp_path_factory.mktemp("data_resume")
-  frozen = helpers.write_random_checkpoint(root / "frozen")
+  frozen = frozen_ckpt
   batches = []
   _train(root / "full", frozen, batches=batches)
   _train(root / "killed", frozen, "train.stop_after_step = 5")

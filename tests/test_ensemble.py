@@ -236,7 +236,7 @@ def test_smop_members_match_their_single_runs(tmp_path_factory):
   trainable, step, _ = evaluation.load_trainable(
       multiprompt_fixtures.abstract_trainable(model), members[1], None)
   single = evaluation.run(evaluator, model, param_utils.merge(trainable, shared.frozen), step,
-                          None, 16, shared.mesh)
+                          16, shared.mesh)
   assert result["member_1"] == single
   assert sorted(single["mp_class"]) == ["accuracy"] + [f"routing/prompt_{i}" for i in range(4)]
   assert result["member_0"]["mp_class"] != single["mp_class"]  # its own routing

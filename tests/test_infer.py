@@ -55,7 +55,7 @@ def mixed(tmp_path_factory):
                     "inputs": references[task][i]["input"]["inputs_pretokenized"]})
   root = tmp_path_factory.mktemp("infer")
   (root / "in.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines) + "\n")
-  result = helpers.run_cli("pt-infer", cli_args(
+  result = helpers.run_cli_here("pt-infer", cli_args(
       shared, f"--input={root / 'in.jsonl'}", f"--output={root / 'out.jsonl'}",
       f"--prompts=mp_last_word={shared.members[2]},mp_class={shared.short}",
       f"--prompts=mp_last_word_b={shared.members[0]}"))

@@ -247,7 +247,7 @@ def test_bad_setting_is_one_cli_line(tmp_path):
   args += helpers.as_flags(helpers.TINY_BINDINGS + [f"MODEL_DIR = '{model_dir}'",
                                                     "INITIAL_CHECKPOINT_PATH = None",
                                                     "LORA_TARGETS = ['query', 'wq']"])
-  result = helpers.run_cli("pt-train", args)
+  result = helpers.run_cli_here("pt-train", args)
   assert result.returncode == 1, result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       "pt-train: error: LORA_TARGETS: unknown projection 'wq' (choose from query, key, value, "

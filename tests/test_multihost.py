@@ -82,17 +82,19 @@ def jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+COMMON = ["TRAIN_STEPS = 4", "EVAL_PERIOD = 2", "CHECKPOINT_PERIOD = 2", "LOG_PERIOD = 1",
+          "train.eval_batch_size = 24"]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, frozen_ckpt):
   """The same 4-step run (eval at steps 2 and 4) as 1 process x 8 devices and
   as 2 processes x 4 devices."""
   root = tmp_path_factory.mktemp("multihost")
-  ckpt = helpers.write_random_checkpoint(root / "frozen")
-  common = ["TRAIN_STEPS = 4", "EVAL_PERIOD = 2", "CHECKPOINT_PERIOD = 2", "LOG_PERIOD = 1",
-            "train.eval_batch_size = 24"]
+  ckpt = frozen_ckpt
   out = {}
   for name, processes, devices in (("one", 1, 8), ("two", 2, 4)):
-    out[name] = launch("prompt_tuning.train", train_args(root / name, ckpt, *common),
+    out[name] = launch("prompt_tuning.train", train_args(root / name, ckpt, *COMMON),
                        processes, devices)
   return root, ckpt, out
 
@@ -156,9 +158,9 @@ def test_pt_eval_split_across_processes_matches_one_process(runs):
   assert "eval step" not in outs["eval_two"][1][1]
 
 
-def test_model_split_across_hosts_reads_the_same_data(tmp_path):
+def test_model_split_across_hosts_reads_the_same_data(tmp_path, frozen_ckpt):
   """NUM_PARTITIONS spanning both processes: one data shard, read by both."""
-  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  ckpt = frozen_ckpt
   for name, processes, devices in (("one", 1, 2), ("two", 2, 1)):
     launch("prompt_tuning.train", train_args(tmp_path / name, ckpt, "TRAIN_STEPS = 2",
                                              "EVAL_PERIOD = None", "NUM_PARTITIONS = 2"),
@@ -172,27 +174,26 @@ def test_model_split_across_hosts_reads_the_same_data(tmp_path):
 PROMPT4 = "numpy_checkpoints/checkpoint_4/encoder.prompt.prompt.npy"
 
 
-def test_two_processes_each_save_and_restore_their_data_state(tmp_path):
-  """2 processes x 2 devices: each writes its train_ds file into the checkpoint
-  before process 0 checksums and renames it; a resume restores both, exactly."""
-  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
-  common = ["TRAIN_STEPS = 4", "EVAL_PERIOD = None", "CHECKPOINT_PERIOD = 2"]
-  launch("prompt_tuning.train", train_args(tmp_path / "full", ckpt, *common), 2, 2)
-  launch("prompt_tuning.train", train_args(tmp_path / "killed", ckpt, *common,
-                                           "train.stop_after_step = 3"), 2, 2)
-  folder = tmp_path / "killed/numpy_checkpoints"
+def test_two_processes_each_save_and_restore_their_data_state(runs):
+  """2 processes x 4 devices: each writes its train_ds file into the checkpoint
+  before process 0 checksums and renames it; a resume restores both, exactly
+  (the same prompt as the uninterrupted 2-process run of `runs`)."""
+  root, ckpt, _ = runs
+  killed = root / "killed"
+  launch("prompt_tuning.train", train_args(killed, ckpt, *COMMON, "train.stop_after_step = 3"),
+         2, 4)
+  folder = killed / "numpy_checkpoints"
   assert numpy_checkpoints.steps(str(folder.parent)) == [0, 2]
   assert not list(folder.glob("*.tmp-*"))
   listed = json.loads((folder / "checkpoint_2/checksums.json").read_text())["files"]
   assert {f for f in listed if f.startswith("train_ds-")} == {
       f"train_ds-{i:03}-of-002.{ext}" for i in range(2)
       for ext in ("index", "data-00000-of-00001")}
-  out = launch("prompt_tuning.train", train_args(tmp_path / "killed", ckpt, *common), 2, 2)
+  out = launch("prompt_tuning.train", train_args(killed, ckpt, *COMMON), 2, 4)
   for _, _, stderr in out:  # (a replay is announced with a warning)
     assert "replaying the data stream" not in stderr
   # Same processes and devices as the uninterrupted run: the same prompt, bit for bit.
-  np.testing.assert_array_equal(np.load(tmp_path / "killed" / PROMPT4),
-                                np.load(tmp_path / "full" / PROMPT4))
+  np.testing.assert_array_equal(np.load(killed / PROMPT4), np.load(root / "two" / PROMPT4))
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -203,15 +204,16 @@ def test_two_processes_each_save_and_restore_their_data_state(tmp_path):
       "--process_id=2"], "--process_id must be in 0..1"),
 ])
 def test_bad_distributed_flags_are_one_line_errors(tmp_path, flags, needle):
+  """Refused before jax.distributed starts (so in this process)."""
   model_dir = tmp_path / "run"
-  result = helpers.run_cli("pt-train", train_args(model_dir, tmp_path / "none", "TRAIN_STEPS = 1")
-                           + flags)
-  assert_one_line_error(result, "pt-train", needle)
+  status, err = helpers.run_cli_in_process(
+      "pt-train", train_args(model_dir, tmp_path / "none", "TRAIN_STEPS = 1") + flags)
+  assert_one_line_error(subprocess.CompletedProcess([], status, "", err), "pt-train", needle)
   assert not model_dir.exists()
 
 
-def test_batch_not_divisible_by_data_shards_is_refused(tmp_path, monkeypatch):
-  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+def test_batch_not_divisible_by_data_shards_is_refused(tmp_path, monkeypatch, frozen_ckpt):
+  ckpt = frozen_ckpt
   model_dir = tmp_path / "run"
   monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(8))
   result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",

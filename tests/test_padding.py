@@ -200,11 +200,6 @@ def test_group_by_length_is_deterministic_and_groups():
 # --- pt-train --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def frozen_ckpt(tmp_path_factory):
-  return helpers.write_random_checkpoint(tmp_path_factory.mktemp("frozen"))
-
-
 def _losses(out):
   return [float(x) for x in re.findall(r"^step \d+/\d+ loss ([-\d.e]+)", out, re.M)]
 

@@ -11,10 +11,10 @@ import helpers  # pylint: disable=g-bad-import-order
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_model_split_run_matches_unsplit_run(tmp_path, dtype, monkeypatch):
+def test_model_split_run_matches_unsplit_run(tmp_path, dtype, monkeypatch, frozen_ckpt):
   """float32, and bfloat16 (T5 1.1's default: bf16 products, the frozen
   kernels stored in bf16, both split over the mesh)."""
-  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+  ckpt = frozen_ckpt
   args = (["--gin_file=" + f for f in helpers.TINY_FILES] + ["--gin_file=runs/prompt_finetune.gin"]
           + helpers.as_flags(helpers.TINY_BINDINGS + [
               f"INITIAL_CHECKPOINT_PATH = '{ckpt}'", "TRAIN_STEPS = 3", "EVAL_PERIOD = None",

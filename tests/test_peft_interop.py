@@ -152,6 +152,23 @@ def test_safetensors_round_trip_and_layout(tmp_path):
   assert peft_tensors["prompt_embeddings"].shape == (6, 16)
 
 
+def test_safetensors_bytes_are_the_reference_writers():
+  """testdata/reference_writer.safetensors was written by the safetensors
+  package itself (0.8.0, `safetensors.numpy.save(tensors, metadata={"format":
+  "np"})`, thirteen tensors of twelve dtypes): read and written again, the
+  same bytes. Its writer orders tensors by decreasing dtype alignment, then by
+  name (an F16[3] named before an F32 comes after it, so the F32 data starts
+  at byte 0, not 6), and puts `__metadata__` first in the header."""
+  data = (pathlib.Path(__file__).parent / "testdata" / "reference_writer.safetensors").read_bytes()
+  tensors, metadata = safetensors_io.parse(data)
+  assert len(tensors) == 13 and metadata == {"format": "np"}
+  assert safetensors_io.serialize(tensors, metadata) == data
+  small = safetensors_io.serialize({"a": np.zeros(3, np.float16), "b": np.zeros(1, np.float32)})
+  (n,) = struct.unpack("<Q", small[:8])
+  header = json.loads(small[8:8 + n])
+  assert header["b"]["data_offsets"] == [0, 4] and header["a"]["data_offsets"] == [4, 10]
+
+
 def _write_adapter_copy(tmp_path, name="lora_qv"):
   folder = tmp_path / "adapter"
   shutil.copytree(os.path.join(mpr.OUT, name), folder)
@@ -225,10 +242,10 @@ def test_import_refuses_a_used_out_dir_and_bad_usage(tmp_path, capsys):
   assert "usage: pt-import-peft ADAPTER_DIR OUT_DIR" in capsys.readouterr().err
 
 
-def test_pt_export_peft_of_a_trained_lora_run(tmp_path):
+def test_pt_export_peft_of_a_trained_lora_run(tmp_path, frozen_ckpt):
   """pt-train a tiny LoRA run, pt-export-peft it, pt-import-peft it back:
   the same parameters; and the bad-input cases of pt-export-peft."""
-  checkpoint = helpers.write_random_checkpoint(tmp_path / "frozen")
+  checkpoint = frozen_ckpt
   model_dir = tmp_path / "run"
   helpers.train_in_process(model_dir, [f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'",
                                        "TRAIN_STEPS = 2", "EVAL_PERIOD = None", "LORA_RANK = 2"],

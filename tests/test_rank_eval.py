@@ -29,7 +29,7 @@ def mixture_eval(tmp_path_factory):
       shutil.copy(fewglue / task / "train.jsonl", root / "data" / task / f"{split}.jsonl")
   np.save(root / "prompt.npy", np.random.RandomState(0).uniform(-.5, .5, (5, 4)).astype("f4"))
   out = root / "eval"
-  result = helpers.run_cli("pt-eval", TINY_CKPT_FLAGS + [
+  result = helpers.run_cli_here("pt-eval", TINY_CKPT_FLAGS + [
       f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{vocab}'",
       f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.PROMPT_FILE='{root / 'prompt.npy'}'",
       f"--gin.SUPERGLUE_DATA_DIR='{root / 'data'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",

@@ -2,46 +2,55 @@
 REMAT_POLICY): the same T5X parameter tree and the same loss and gradients
 under every policy; a bad value is a ConfigError naming the choices."""
 import dataclasses
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+import conftest  # pylint: disable=g-bad-import-order
 import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import gin_utils
-from prompt_tuning import methods
 from prompt_tuning import model_params
-from prompt_tuning import models
 from prompt_tuning import param_utils
-from prompt_tuning import prompts
 from prompt_tuning import t5
 
-TINY = helpers.tiny_config(dropout_rate=0.1, remat_policy="none")
-SITES = methods.Methods(lora=methods.LoRAMethod(rank=2),
-                        adapters=methods.AdapterMethod(bottleneck=4, sublayers=("mlp",)))
-
-
-def _model(policy):
-  config = dataclasses.replace(TINY, remat_policy=policy)
-  return models.EncoderDecoderModel(t5.Transformer(
-      config, prompt=prompts.Prompt(length=3, init=nn.initializers.normal(1.0)), sites=SITES))
+from remat_worker import TINY  # pylint: disable=g-bad-import-order
+from remat_worker import model as _model  # pylint: disable=g-bad-import-order
 
 
 @pytest.fixture(scope="module")
-def reference():
-  model = _model("none")
-  params = helpers.perturbed_params(model)
-  return params, _loss_and_grads(model, params)
-
-
-def _loss_and_grads(model, params):
-  return helpers.loss_and_grads(model, params, dropout_rng=jax.random.PRNGKey(3))
+def computed(tmp_path_factory):
+  """{policy: (loss, flat gradients)} and the parameters, computed with XLA's
+  default optimisation (remat_worker.py in a process of its own): the
+  tolerances below are the rounding of the code users run (the tests'
+  cheaper compile flags round differently, conftest.TEST_XLA_FLAGS)."""
+  out = tmp_path_factory.mktemp("remat") / "computed.npz"
+  env = dict(os.environ, **conftest.DEFAULT_XLA_ENV,
+             PYTHONPATH=os.pathsep.join([str(helpers.TESTS), os.environ.get("PYTHONPATH", "")]))
+  result = subprocess.run([sys.executable, str(helpers.TESTS / "remat_worker.py"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  arrays = dict(np.load(out))
+  params = param_utils.unflatten({k[len("params/"):]: v for k, v in arrays.items()
+                                  if k.startswith("params/")})
+  by_policy = {}
+  for key, value in arrays.items():
+    policy, kind, *name = key.split("/", 2)
+    if kind == "loss":
+      by_policy.setdefault(policy, [None, {}])[0] = value
+    elif kind == "grads":
+      by_policy.setdefault(policy, [None, {}])[1][name[0]] = value
+  return params, by_policy
 
 
 @pytest.mark.parametrize("policy", ["layer", "matmuls", "auto"])
-def test_same_params_loss_and_gradients(policy, reference):
-  params, (loss, grads) = reference
+def test_same_params_loss_and_gradients(policy, computed):
+  params, by_policy = computed
+  loss, grads = by_policy["none"]
   model = _model(policy)
   shapes = nn.unbox(model_params.abstract_params(model, model_params.dummy_batch(1, 9, 5)))
   flat = param_utils.flatten(shapes)
@@ -49,14 +58,14 @@ def test_same_params_loss_and_gradients(policy, reference):
       k: v.shape for k, v in param_utils.flatten(params).items()}
   assert "encoder/layers_0/attention/query/kernel" in flat
   assert "decoder/layers_1/mlp/wi_0/kernel" in flat
-  remat_loss, remat_grads = _loss_and_grads(model, params)
+  remat_loss, remat_grads = by_policy[policy]
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6, atol=1e-6)
   # Gradients to 1e-6 of each parameter's gradient scale: recomputing in the
   # backward pass fuses the same float32 operations differently (rounding).
-  for name, g in param_utils.flatten(grads).items():
+  assert set(remat_grads) == set(grads)
+  for name, g in grads.items():
     scale = max(1.0, float(np.max(np.abs(g))))
-    np.testing.assert_allclose(param_utils.flatten(remat_grads)[name], g, rtol=0,
-                               atol=1e-6 * scale, err_msg=name)
+    np.testing.assert_allclose(remat_grads[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)
 
 
 def test_remat_is_really_applied():

@@ -1,5 +1,5 @@
 """pt-sweep report: tables and figures of fake sweeps written with the runner's
-own writers (seqio.JSONLogger, summaries.SummaryWriter, numpy_checkpoints)."""
+own writers (seqio.JSONLogger, summaries.writer, numpy_checkpoints)."""
 import csv
 import json
 import os
@@ -49,9 +49,9 @@ def write_evals(model_dir, task, lines, subdir=""):
 
 
 def write_train(model_dir, lines):
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+  writer = summaries.writer(os.path.join(model_dir, "train"))
   for step, values in lines:
-    writer.scalars(step, values)
+    writer.write_scalars(step, values)
   writer.close()
 
 

@@ -89,12 +89,12 @@ def test_holder_notices_a_takeover(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, frozen_ckpt):
   """A finished 2-step run on a random frozen model: (model_dir, checkpoint)."""
   root = tmp_path_factory.mktemp("safety")
-  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  ckpt = frozen_ckpt
   model_dir = root / "run"
-  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+  result = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
                                                   "--gin.EVAL_PERIOD=None",
                                                   "--gin.CHECKPOINT_PERIOD=1"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -111,7 +111,7 @@ def finished(tmp_path_factory):
 def test_resume_with_a_meaningful_change_is_refused(finished, flags, needles):
   model_dir, ckpt = finished
   before = helpers.snapshot(model_dir)
-  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+  result = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
                                                   "--gin.EVAL_PERIOD=None",
                                                   "--gin.CHECKPOINT_PERIOD=1", *flags))
   assert_one_line_error(result, "pt-train", *needles)
@@ -121,7 +121,7 @@ def test_resume_with_a_meaningful_change_is_refused(finished, flags, needles):
 def test_rerun_of_a_finished_run_says_so_and_writes_nothing(finished):
   model_dir, ckpt = finished
   before = helpers.snapshot(model_dir)
-  result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
+  result = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=2",
                                                   "--gin.EVAL_PERIOD=None",
                                                   "--gin.CHECKPOINT_PERIOD=1"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -133,7 +133,7 @@ def test_harmless_changes_resume_and_are_recorded(finished, tmp_path):
   model_dir, ckpt = finished
   copy = tmp_path / "run"
   shutil.copytree(model_dir, copy)
-  result = helpers.run_cli("pt-train", train_args(copy, ckpt, "--gin.TRAIN_STEPS=3",
+  result = helpers.run_cli_here("pt-train", train_args(copy, ckpt, "--gin.TRAIN_STEPS=3",
                                                   "--gin.EVAL_PERIOD=None",
                                                   "--gin.CHECKPOINT_PERIOD=1",
                                                   "--gin.LOG_PERIOD=1"))
@@ -153,8 +153,8 @@ def test_harmless_changes_resume_and_are_recorded(finished, tmp_path):
 # ------------------------------------------- a busy MODEL_DIR, and preemption
 
 
-def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
-  ckpt = helpers.write_random_checkpoint(tmp_path / "frozen")
+def test_second_run_refused_and_sigterm_loses_no_step(tmp_path, frozen_ckpt):
+  ckpt = frozen_ckpt
   model_dir = tmp_path / "run"
   common = ["--gin.EVAL_PERIOD=None", "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"]
   env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH",
@@ -177,13 +177,13 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
     # repeat every step it took.
     first.send_signal(signal.SIGSTOP)
     config_before = (model_dir / "config.gin").read_text()
-    second = helpers.run_cli("pt-train", train_args(
+    second = helpers.run_cli_here("pt-train", train_args(
         model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
         "--gin.optimizers.adafactor.learning_rate=0.1", *common))
     # The second run differs in lr: refused by the config check or the lock, never run.
     line = assert_one_line_error(second, "pt-train")
     assert "MODEL_DIR" in line
-    second = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
+    second = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
                                                     *common))
     assert_one_line_error(second, "pt-train", f"in use by another pt-train (pid {first.pid}")
     assert (model_dir / "config.gin").read_text() == config_before
@@ -200,11 +200,11 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path):
   assert (model_dir / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT).exists()
   assert not (model_dir / run_lock.FILENAME).exists()
   # Resume to step+2 and compare with an uninterrupted run of step+2 steps.
-  resumed = helpers.run_cli("pt-train", train_args(model_dir, ckpt,
+  resumed = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt,
                                                    f"--gin.TRAIN_STEPS={step + 2}", *common))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   straight = tmp_path / "straight"
-  result = helpers.run_cli("pt-train", train_args(straight, ckpt, f"--gin.TRAIN_STEPS={step + 2}",
+  result = helpers.run_cli_here("pt-train", train_args(straight, ckpt, f"--gin.TRAIN_STEPS={step + 2}",
                                                   *common))
   assert result.returncode == 0, result.stderr[-3000:]
   name = f"numpy_checkpoints/checkpoint_{step + 2}/{PROMPT}"

@@ -343,10 +343,10 @@ def test_skypilot_dry_run_writes_task_yaml(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory):
+def local_sweep(tmp_path_factory, frozen_ckpt):
   """A finished 2-point sweep (PROMPT_LENGTH 2 and 3, 2 steps, 2 at a time)."""
   root = tmp_path_factory.mktemp("sweep")
-  ckpt = helpers.write_random_checkpoint(root / "frozen")
+  ckpt = frozen_ckpt
   args = (["--gin_file=" + f for f in FILES]
           + helpers.as_flags(helpers.TINY_BINDINGS + [
               f"INITIAL_CHECKPOINT_PATH = '{ckpt}'", "TRAIN_STEPS = 2", "EVAL_PERIOD = None"])

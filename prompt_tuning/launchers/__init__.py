@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+from prompt_tuning import progress
+
 _PRINT_LOCK = threading.Lock()
 
 
@@ -73,6 +75,7 @@ def run_pool(points, parallel: int, run_one, slots=None):
   for slot in (slots if slots is not None else [None] * parallel):
     free.put(slot)
   total = len(points)
+  start, ended, lock = time.time(), [], threading.Lock()
 
   def task(index, point):
     slot = free.get()
@@ -80,6 +83,12 @@ def run_pool(points, parallel: int, run_one, slots=None):
       return run_one(point, slot, f"[{index + 1}/{total}]")
     finally:
       free.put(slot)
+      with lock:  # the sweep's overall progress: points ended, elapsed, ETA
+        ended.append(index)
+        elapsed = time.time() - start
+        eta = elapsed / len(ended) * (total - len(ended))
+        say(f"{len(ended)} of {total} points ended, {progress.format_eta(elapsed)} elapsed"
+            + (f", ETA {progress.format_eta(eta)}" if len(ended) < total else ""))
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
     return list(pool.map(task, range(total), points))
