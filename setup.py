@@ -21,8 +21,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["prompt_tuning", "prompt_tuning.launchers", "prompt_tuning.tasks",
-              "prompt_tuning.gin"],
+    packages=sorted(set(setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]))
+                    | {"prompt_tuning.tasks", "prompt_tuning.gin"}),
     package_dir={"prompt_tuning.tasks": "tasks", "prompt_tuning.gin": "gin"},
     package_data={"prompt_tuning.gin": ["**/*.gin"]},
     # Everything the code imports, also what another dependency brings along
@@ -52,11 +52,11 @@ setuptools.setup(
         "console_scripts": [
             "pt-train=prompt_tuning.train:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
-            "pt-sweep=prompt_tuning.sweep:console_main",
-            "pt-neighbors=prompt_tuning.neighbors:console_main",
+            "pt-sweep=prompt_tuning.sweep.main:console_main",
+            "pt-neighbors=prompt_tuning.evaluation.neighbors:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
-            "pt-import-peft=prompt_tuning.peft_interop:import_console_main",
-            "pt-export-peft=prompt_tuning.peft_interop:export_console_main",
+            "pt-import-peft=prompt_tuning.interop.peft:import_console_main",
+            "pt-export-peft=prompt_tuning.interop.peft:export_console_main",
         ]
     },
 )

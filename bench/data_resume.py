@@ -17,7 +17,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning import data
-from prompt_tuning import data_state
+from prompt_tuning.training import data_state
 
 
 def main(argv=None):

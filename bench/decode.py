@@ -26,11 +26,11 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning import initializers  # pylint: disable=g-import-not-at-top,wrong-import-order
-from prompt_tuning import model_params  # pylint: disable=g-import-not-at-top
-from prompt_tuning import models  # pylint: disable=g-import-not-at-top
-from prompt_tuning import prompts  # pylint: disable=g-import-not-at-top
-from prompt_tuning import t5  # pylint: disable=g-import-not-at-top
+from prompt_tuning.methods import initializers  # pylint: disable=g-import-not-at-top,wrong-import-order
+from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
+from prompt_tuning.model import encoder_decoder  # pylint: disable=g-import-not-at-top
+from prompt_tuning.methods import prompts  # pylint: disable=g-import-not-at-top
+from prompt_tuning.model import t5  # pylint: disable=g-import-not-at-top
 
 
 def main(argv=None):
@@ -48,13 +48,13 @@ def main(argv=None):
   dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
   config = train_step.make_config(args.size, dtype)
   prompt = prompts.Prompt(length=args.prompt, init=initializers.random_uniform())
-  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
-  params = model_params.init_random(model, jax.random.PRNGKey(0),
-                                    model_params.dummy_batch(1, args.inputs, 4))
+  model = encoder_decoder.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
+  params = weights.init_random(model, jax.random.PRNGKey(0),
+                                    weights.dummy_batch(1, args.inputs, 4))
   params["decoder"]["logits_dense"]["kernel"] = (
-      params["decoder"]["logits_dense"]["kernel"].at[:, models.EOS_ID].set(0.0))
+      params["decoder"]["logits_dense"]["kernel"].at[:, encoder_decoder.EOS_ID].set(0.0))
   # The frozen weights stored as pt-eval stores a checkpoint's (load_frozen).
-  params = model_params.narrow_frozen(params, dtype)
+  params = weights.narrow_frozen(params, dtype)
   tokens = train_step.make_batch(0, args.batch, args.inputs, 4)["encoder_input_tokens"]
   encode = jax.jit(model.encode).lower(params, tokens).compile()
   times = []

@@ -13,7 +13,7 @@ checkpoint, N random [6, 32] prompts (.npy), evaluated on `demo_last_word`
   (interpreter start-up, data pipeline and compilation included, as a user
   runs them);
 - `warm`: in one process, after a first untimed pass compiled everything:
-  `ensemble.run` against N calls of `evaluation.run` (the evaluation pt-eval
+  `ensemble.run` against N calls of `seqio_eval.run` (the evaluation pt-eval
   runs) on the same model and seqio Evaluator (metrics and result files of
   every member and the ensemble included);
 - `warm_model_only`: the same, the model's part alone: the batched pass and
@@ -39,13 +39,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
-from prompt_tuning import ensemble
-from prompt_tuning import evaluation
-from prompt_tuning import model_params
-from prompt_tuning import param_utils
-from prompt_tuning import partitioning
+from prompt_tuning.evaluation import ensemble
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.model import partitioning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FILES = ["models/t5_1_1_small_prompt.gin", "models/sizes/tiny.gin"]
@@ -66,10 +66,10 @@ def build_model():
 def setup(root, members):
   """(frozen checkpoint path, prompt paths) under root."""
   model = build_model()
-  params = model_params.init_random(model, jax.random.PRNGKey(0),
-                                    model_params.dummy_batch(1, 8, 4))
-  frozen = param_utils.split(params, ["encoder/prompt/.*"])[1]
-  ckpt = checkpoints.save_checkpoint(str(root / "frozen"), jax.device_get(frozen), 0)
+  params = weights.init_random(model, jax.random.PRNGKey(0),
+                                    weights.dummy_batch(1, 8, 4))
+  frozen = trees.split(params, ["encoder/prompt/.*"])[1]
+  ckpt = t5x_checkpoints.save_checkpoint(str(root / "frozen"), jax.device_get(frozen), 0)
   paths = []
   for i in range(members):
     paths.append(str(root / f"prompt{i}.npy"))
@@ -114,12 +114,12 @@ def warm_mode(root, ckpt, paths):
   model = build_model()
   mesh = partitioning.make_mesh()
   lengths = {"inputs": 32, "targets": 8}
-  batch = model_params.dummy_batch(1, 8, 4)
-  frozen = model_params.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
-  abstract = param_utils.split(nn.unbox(model_params.abstract_params(model, batch)),
+  batch = weights.dummy_batch(1, 8, 4)
+  frozen = weights.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
+  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
                                ["encoder/prompt/.*"])[0]
-  members = [ensemble.Member(*evaluation.load_trainable(abstract, p, None)) for p in paths]
-  evaluator = evaluation.make_evaluator(model, "demo_last_word", lengths, "validation",
+  members = [ensemble.Member(*seqio_eval.load_trainable(abstract, p, None)) for p in paths]
+  evaluator = seqio_eval.make_evaluator(model, "demo_last_word", lengths, "validation",
                                         str(root / "warm"), 32, False, mesh)
 
   def run_ensemble():
@@ -127,7 +127,7 @@ def warm_mode(root, ckpt, paths):
 
   def run_separate():
     for m in members:
-      evaluation.run(evaluator, model, param_utils.merge(m.params, frozen), m.step, 32,
+      seqio_eval.run(evaluator, model, trees.merge(m.params, frozen), m.step, 32,
                      mesh)
 
   ds = evaluator.cached_model_datasets["demo_last_word"]
@@ -138,7 +138,7 @@ def warm_mode(root, ckpt, paths):
 
   def model_separate():  # the predictions of each prompt, as pt-eval computes them
     for m in members:
-      evaluation.ModelFns(model, param_utils.merge(m.params, frozen), 32, mesh, 8).predict_fn(ds)
+      seqio_eval.ModelFns(model, trees.merge(m.params, frozen), 32, mesh, 8).predict_fn(ds)
 
   times = {}
   with contextlib.redirect_stdout(io.StringIO()):

@@ -35,12 +35,12 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
 from prompt_tuning import infer
-from prompt_tuning import model_params
-from prompt_tuning import param_utils
-from prompt_tuning import partitioning
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.model import partitioning
 from prompt_tuning.tasks import demo  # pylint: disable=unused-import  (registers demo_*)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -92,10 +92,10 @@ def examples(per_task):
 def setup(root):
   """(frozen checkpoint, {task: prompt path}) under root."""
   model = configurables.build_model(FILES, MODEL)
-  params = model_params.init_random(model, jax.random.PRNGKey(0),
-                                    model_params.dummy_batch(1, 8, 4))
-  frozen = param_utils.split(params, ["encoder/prompt/.*"])[1]
-  ckpt = checkpoints.save_checkpoint(str(root / "frozen"), jax.device_get(frozen), 0)
+  params = weights.init_random(model, jax.random.PRNGKey(0),
+                                    weights.dummy_batch(1, 8, 4))
+  frozen = trees.split(params, ["encoder/prompt/.*"])[1]
+  ckpt = t5x_checkpoints.save_checkpoint(str(root / "frozen"), jax.device_get(frozen), 0)
   prompt_files = {}
   for i, task in enumerate(TASKS):
     prompt_files[task] = str(root / f"{task}.npy")
@@ -113,11 +113,11 @@ def interleave(inputs):
 def warm_mode(ckpt, prompt_files, inputs, repeats=3):
   model = configurables.build_model(FILES, MODEL)
   mesh = partitioning.make_mesh()
-  batch = model_params.dummy_batch(1, 8, 4)
-  abstract = param_utils.split(nn.unbox(model_params.abstract_params(model, batch)),
+  batch = weights.dummy_batch(1, 8, 4)
+  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
                                ["encoder/prompt/.*"])[0]
   infer_model, table = infer.load_prompts(model, abstract, prompt_files)
-  frozen = model_params.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
+  frozen = weights.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
   predictor = infer.Predictor(infer_model, frozen, table, LENGTHS, 32, mesh)
   mixed = interleave(inputs)
   grouped = {t: [{"task": t, "inputs": x} for x in rows] for t, rows in inputs.items()}

@@ -44,9 +44,9 @@ import numpy as np
 
 from prompt_tuning import data
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import optimizers
-from prompt_tuning import trainer
+from prompt_tuning.model import weights
+from prompt_tuning.training import optimizers
+from prompt_tuning.training import trainer
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -108,8 +108,8 @@ class Setting:
     lengths = {"inputs": args.inputs, "targets": args.targets}
     ds = data.get_dataset(args.task, lengths, "train", args.batch, shuffle=True,
                           seed=args.seed, padding=self.padding)
-    shapes_batch = model_params.dummy_batch(1, args.inputs, args.targets)
-    self.trainable = model_params.init_trainable(model, jax.random.PRNGKey(args.seed),
+    shapes_batch = weights.dummy_batch(1, args.inputs, args.targets)
+    self.trainable = weights.init_trainable(model, jax.random.PRNGKey(args.seed),
                                                  shapes_batch, methods.TRAINABLE_PARAMS)
     optimizer = optimizers.adafactor()
     self.opt_state = optimizer.init(self.trainable)

@@ -6,7 +6,7 @@
 
 What is timed: the jitted step of `trainer.make_train_step` (jitted with
 `donate_argnums=(0, 1)`, exactly as `pt-train` does), on a frozen T5 1.1 with
-random weights (`model_params.init_random`), the method's parameters (by
+random weights (`weights.init_random`), the method's parameters (by
 default the prompt) as the only trainable ones (`methods.TRAINABLE_PARAMS`;
 `trainable_params` and `frozen_params` count them), `optimizers.adafactor()` with the
 paper's settings, dropout on (rate 0.1), and one random token batch (ids in
@@ -76,7 +76,7 @@ whole model and the prompt's FLOP rule above does not hold: their
 `--compare-smop` runs plain prompt tuning (`--prompt`, default 100) and SMoP
 (`--smop-prompts` x `--smop-length`, default 4 x 5) on the same frozen model and
 batch, then prints a line with `smop_over_prompt_step_ratio` and
-`smop_over_prompt_flops_ratio`. When `prompt_tuning.smop` cannot be imported
+`smop_over_prompt_flops_ratio`. When `prompt_tuning.methods.smop` cannot be imported
 (or its `SMoP` cannot be built), SMoP is emulated by a plain prompt of
 `--smop-length` tokens (a routed SMoP prepends one prompt of that length) and
 the JSON says so in `note`.
@@ -94,16 +94,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import initializers
-from prompt_tuning import layers
+from prompt_tuning.methods import initializers
+from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import models
-from prompt_tuning import optimizers
-from prompt_tuning import param_utils
-from prompt_tuning import prompts
-from prompt_tuning import t5
-from prompt_tuning import trainer
+from prompt_tuning.model import weights
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.training import optimizers
+from prompt_tuning.storage import trees
+from prompt_tuning.methods import prompts
+from prompt_tuning.model import t5
+from prompt_tuning.training import trainer
 
 VOCAB_SIZE = 32128
 MAX_TOKEN_ID = 32000  # sentencepiece ids; 32000..32127 are extra ids / padding.
@@ -180,13 +180,13 @@ def make_batch(seed, batch, inputs, targets):
 def smop_module(num_prompts, length):
   """(SMoP module, None) or (an emulating Prompt of `length` tokens, note)."""
   try:
-    from prompt_tuning import smop  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.methods import smop  # pylint: disable=g-import-not-at-top
     return smop.SMoP(num_prompts=num_prompts, length=length,
                      init=initializers.random_uniform()), None
   except (ImportError, AttributeError, TypeError) as e:
     note = SMOP_EMULATED_NOTE.format(length)
     if not isinstance(e, ImportError):
-      note += f" (prompt_tuning.smop.SMoP could not be built: {e})"
+      note += f" (prompt_tuning.methods.smop.SMoP could not be built: {e})"
     return prompts.Prompt(length=length, init=initializers.random_uniform()), note
 
 
@@ -255,12 +255,12 @@ def matmul_peak(n=2048, repeats=5, dtype="float32"):
 
 def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY):
   """Compiles and times the train step of one method; returns the JSON row."""
-  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt, sites=sites))
-  shapes_batch = model_params.dummy_batch(1, args.inputs, args.targets)
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(args.seed), shapes_batch,
+  model = encoder_decoder.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt, sites=sites))
+  shapes_batch = weights.dummy_batch(1, args.inputs, args.targets)
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(args.seed), shapes_batch,
                                           methods.TRAINABLE_PARAMS)
   enc_len = jax.eval_shape(lambda p: model.encode(p, batch["encoder_input_tokens"]),
-                           param_utils.merge(trainable, frozen))[0].shape[1]
+                           trees.merge(trainable, frozen))[0].shape[1]
   optimizer = optimizers.adafactor()
   opt_state = optimizer.init(trainable)
   step_fn = jax.jit(trainer.make_train_step(model, optimizer), donate_argnums=(0, 1))
@@ -355,11 +355,11 @@ def parse_args(argv=None):
 def prompt_model(config, prompt_length, inputs, targets, seed):
   """(model with a random-uniform prompt of `prompt_length`, its frozen
   parameters drawn at random with seed + 1, stored as pt-train stores them:
-  model_params.narrow_frozen)."""
+  weights.narrow_frozen)."""
   prompt = prompts.Prompt(length=prompt_length, init=initializers.random_uniform())
-  model = models.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
-  return model, model_params.init_random_frozen(
-      model, jax.random.PRNGKey(seed + 1), model_params.dummy_batch(1, inputs, targets),
+  model = encoder_decoder.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt))
+  return model, weights.init_random_frozen(
+      model, jax.random.PRNGKey(seed + 1), weights.dummy_batch(1, inputs, targets),
       methods.TRAINABLE_PARAMS)
 
 

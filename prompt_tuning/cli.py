@@ -35,10 +35,17 @@ FLAGS = flags.FLAGS
 def user_errors():
   """Exception types that mean bad input (printed as one line, no traceback)."""
   # pylint: disable=g-import-not-at-top
-  from prompt_tuning import checkpoints, data, evaluation, file_utils, gin_utils
-  from prompt_tuning import initializers, methods, run_lock, trainer
+  from prompt_tuning.storage import t5x_checkpoints
+  from prompt_tuning import data
+  from prompt_tuning.evaluation import seqio_eval
+  from prompt_tuning.storage import file_utils
+  from prompt_tuning import gin_utils
+  from prompt_tuning.methods import initializers
+  from prompt_tuning import methods
+  from prompt_tuning.storage import run_lock
+  from prompt_tuning.training import trainer
   # pylint: enable=g-import-not-at-top
-  return (checkpoints.CheckpointError, data.DataError, evaluation.EvalError,
+  return (t5x_checkpoints.CheckpointError, data.DataError, seqio_eval.EvalError,
           file_utils.DiskFullError, gin_utils.ConfigError, initializers.PromptInitError,
           methods.MethodError, trainer.TrainError, run_lock.LockError)
 
@@ -127,7 +134,7 @@ def run(main_fn, prog, first_gin_files=(), extra_errors=()):
   input (`user_errors()` and `extra_errors`) to `prog: error: ...`;
   `first_gin_files` as in `setup`."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import preemption  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import preemption  # pylint: disable=g-import-not-at-top
 
   def main():
     try:

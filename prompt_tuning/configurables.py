@@ -1,17 +1,17 @@
 """Registers the library's classes and functions with gin under short module
-names (`t5.T5Config`, `prompts.Prompt`, `models.EncoderDecoderModel`, ...),
+names (`t5.T5Config`, `prompts.Prompt`, `encoder_decoder.EncoderDecoderModel`, ...),
 the names the files in gin/ use. Imported by pt-train and pt-eval."""
 import gin
 import seqio
 
-from prompt_tuning import initializers  # pylint: disable=unused-import  (gin-configurable)
+from prompt_tuning.methods import initializers  # pylint: disable=unused-import  (gin-configurable)
 from prompt_tuning import methods
-from prompt_tuning import models
-from prompt_tuning import optimizers  # pylint: disable=unused-import
-from prompt_tuning import partitioning  # pylint: disable=unused-import
-from prompt_tuning import prompts
-from prompt_tuning import smop
-from prompt_tuning import t5
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.training import optimizers  # pylint: disable=unused-import
+from prompt_tuning.model import partitioning  # pylint: disable=unused-import
+from prompt_tuning.methods import prompts
+from prompt_tuning.methods import smop
+from prompt_tuning.model import t5
 
 gin.external_configurable(t5.T5Config, module="t5")
 gin.external_configurable(t5.Transformer, module="t5")
@@ -21,16 +21,16 @@ gin.external_configurable(methods.Methods, module="methods")
 gin.external_configurable(methods.LoRAMethod, module="methods")
 gin.external_configurable(methods.PrefixMethod, module="methods")
 gin.external_configurable(methods.AdapterMethod, module="methods")
-gin.external_configurable(models.EncoderDecoderModel, module="models")
+gin.external_configurable(encoder_decoder.EncoderDecoderModel, module="models")
 gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")
 gin.external_configurable(seqio.ByteVocabulary, module="seqio")
 
 # The programs' own entry points (`train`, `evaluate`) are gin-configurable too.
-from prompt_tuning import evaluation as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
-from prompt_tuning import trainer as _trainer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+from prompt_tuning.evaluation import seqio_eval as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+from prompt_tuning.training import trainer as _trainer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
 
 
-@gin.configurable("configured_model")
+@gin.configurable("configured_model", module="configurables")
 def _configured_model(model=gin.REQUIRED):
   return model
 

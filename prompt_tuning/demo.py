@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning import losses
+from prompt_tuning.model import losses
 
 DEMO_GIN = "models/demo_prompt.gin"
 
@@ -33,13 +33,14 @@ def demo_model(bindings=()):
 
 def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=print):
   """Full training of every weight on `demo_pretrain`; returns the params."""
-  from prompt_tuning import data, model_params  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
   import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
   ds = data.get_dataset("demo_pretrain", {"inputs": 32, "targets": 8}, "train", batch_size,
                         seed=seed)
   iterator = ds.as_numpy_iterator()
   first = next(iterator)
-  params = model_params.init_random(model, jax.random.PRNGKey(seed),
+  params = weights.init_random(model, jax.random.PRNGKey(seed),
                                     {k: jnp.asarray(v[:1]) for k, v in first.items()})
   # The prompt is not part of the frozen model.
   params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
@@ -53,9 +54,9 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
     def loss_fn(p):
       logits = no_prompt.apply({"params": p}, batch["encoder_input_tokens"],
                                batch["decoder_input_tokens"], batch["decoder_target_tokens"])
-      weights = batch["decoder_loss_weights"]
+      loss_weights = batch["decoder_loss_weights"]
       ll = losses.token_log_likelihoods(logits, batch["decoder_target_tokens"])
-      return -jnp.sum(ll * weights) / jnp.sum(weights)
+      return -jnp.sum(ll * loss_weights) / jnp.sum(loss_weights)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -71,13 +72,13 @@ def pretrain(model, steps=1500, batch_size=64, learning_rate=3e-3, seed=0, log=p
 
 
 def cmd_pretrain(out: str, steps: int, seed: int):
-  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import t5x_checkpoints  # pylint: disable=g-import-not-at-top
   path = os.path.join(out, f"checkpoint_{steps}")
   if os.path.exists(os.path.join(path, "checkpoint")):
     print(f"frozen model already at {path}")
     return
   params = pretrain(demo_model(), steps=steps, seed=seed)
-  print("wrote", checkpoints.save_checkpoint(out, params, steps))
+  print("wrote", t5x_checkpoints.save_checkpoint(out, params, steps))
 
 
 def read_accuracy(eval_dir, task="demo_last_word"):

@@ -200,7 +200,7 @@ def check_choice(macro: str, value, choices: Sequence, error=ConfigError):
 
 def check_folder(macro: str, path, error=ConfigError) -> str:
   """`path`, if it names a folder that exists or can be created."""
-  from prompt_tuning import file_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
   if not isinstance(path, str) or not path.strip():
     raise error(f"{macro} must be a folder path (a quoted string), got {path!r}")
   problem = file_utils.folder_problem(path)
@@ -211,5 +211,5 @@ def check_folder(macro: str, path, error=ConfigError) -> str:
 
 def write_operative_config(model_dir: str, name: str = "config.gin") -> None:
   """Writes the full operative config (T5X writes it as config.gin) atomically."""
-  from prompt_tuning import file_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
   file_utils.write_text_atomic(os.path.join(model_dir, name), gin.operative_config_str())

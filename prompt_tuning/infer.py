@@ -51,20 +51,20 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import cli
 from prompt_tuning import data
-from prompt_tuning import evaluation
-from prompt_tuning import file_utils
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.storage import file_utils
 from prompt_tuning import gin_utils
-from prompt_tuning import initializers
-from prompt_tuning import model_params
-from prompt_tuning import multiprompt
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
-from prompt_tuning import partitioning
+from prompt_tuning.methods import initializers
+from prompt_tuning.model import weights
+from prompt_tuning.methods import multiprompt
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
+from prompt_tuning.model import partitioning
 from prompt_tuning import progress
-from prompt_tuning import prompts
+from prompt_tuning.methods import prompts
 
 PROMPT = "encoder/prompt/prompt"
 PROMPT_MASK = "encoder/prompt/mask"
@@ -172,7 +172,7 @@ def load_prompts(model, abstract_trainable, prompt_files: Mapping[str, str]):
   prompt is a prompts.PaddedPrompt of the longest, each task's left-padded
   with a mask. Other prompt modules (SMoP) need the model's exact shapes.
   """
-  shapes = param_utils.shapes(abstract_trainable)
+  shapes = trees.shapes(abstract_trainable)
   plain = isinstance(model.module.prompt, prompts.Prompt) and PROMPT in shapes
   loaded = {}
   for task, path in prompt_files.items():
@@ -180,12 +180,12 @@ def load_prompts(model, abstract_trainable, prompt_files: Mapping[str, str]):
     if plain:
       shape = _prompt_shape(path)
       if shape is not None and len(shape) == 2 and shape[1] == shapes[PROMPT][1]:
-        abstract = param_utils.unflatten({**{n: jax.ShapeDtypeStruct(s, jnp.float32)
+        abstract = trees.unflatten({**{n: jax.ShapeDtypeStruct(s, jnp.float32)
                                              for n, s in shapes.items()},
                                           PROMPT: jax.ShapeDtypeStruct(shape, jnp.float32)})
     try:
-      loaded[task] = param_utils.flatten(evaluation.load_trainable(abstract, path, None)[0])
-    except (initializers.PromptInitError, checkpoints.CheckpointError) as e:
+      loaded[task] = trees.flatten(seqio_eval.load_trainable(abstract, path, None)[0])
+    except (initializers.PromptInitError, t5x_checkpoints.CheckpointError) as e:
       message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       joined = [p.partition("=")[0] for p in path.split(",")[1:] if "=" in p]
       if joined:  # see parse_prompts
@@ -193,13 +193,13 @@ def load_prompts(model, abstract_trainable, prompt_files: Mapping[str, str]):
                     f"{' or '.join(map(repr, joined))})")
       raise initializers.PromptInitError(f"--prompts {task}={path}: {message}") from None
   if not plain:
-    return model, {task: param_utils.unflatten(flat) for task, flat in loaded.items()}
+    return model, {task: trees.unflatten(flat) for task, flat in loaded.items()}
   length = max(flat[PROMPT].shape[0] for flat in loaded.values())
   padded = {}
   for task, flat in loaded.items():
     prompt = np.asarray(flat[PROMPT], np.float32)
     pad = length - prompt.shape[0]
-    padded[task] = param_utils.unflatten({
+    padded[task] = trees.unflatten({
         **flat, PROMPT: np.concatenate([np.zeros((pad, prompt.shape[1]), np.float32), prompt]),
         PROMPT_MASK: np.concatenate([np.zeros(pad, np.float32),
                                      np.ones(prompt.shape[0], np.float32)])})
@@ -257,7 +257,7 @@ class Predictor:
         found = labels.get_class_labels(name)
         if found:
           vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
-          self.labels[name] = (list(found), evaluation.label_token_ids(vocabulary, found))
+          self.labels[name] = (list(found), seqio_eval.label_token_ids(vocabulary, found))
     k = max([ids.shape[0] for _, ids in self.labels.values()] + [1])
     t = max([ids.shape[1] for _, ids in self.labels.values()] + [1])
     self.label_table = np.zeros((len(self.tasks), k, t), np.int32)
@@ -339,7 +339,7 @@ class Predictor:
     return out
 
 
-@gin.configurable
+@gin.configurable(module="infer")
 def infer(input_path: str,
           output_path: Optional[str],
           prompt_files,
@@ -350,7 +350,7 @@ def infer(input_path: str,
           checkpoint_path: Optional[str] = None,
           initial_checkpoint_path: Optional[str] = None,
           mixture_or_task_module=None,
-          trainable_params: Sequence[str] = evaluation.DEFAULT_TRAINABLE,
+          trainable_params: Sequence[str] = seqio_eval.DEFAULT_TRAINABLE,
           mesh_fn=partitioning.make_mesh,
           decoding: str = "auto",
           vocabulary=None,
@@ -376,14 +376,14 @@ def infer(input_path: str,
         "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
   mesh = mesh_fn()
   lengths = dict(task_feature_lengths)
-  batch = model_params.dummy_batch(1, lengths["inputs"], lengths["targets"])
-  abstract_trainable = param_utils.split(
-      nn.unbox(model_params.abstract_params(model, batch)), trainable_params)[0]
+  batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
+  abstract_trainable = trees.split(
+      nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]
   chief = jax.process_index() == 0
   # What --output holds is checked now, before anything is loaded or written.
   writer = OutputWriter(output_path, examples) if output_path and chief else None
   infer_model, task_params = load_prompts(model, abstract_trainable, prompt_files)
-  frozen = model_params.load_frozen(model, frozen_path, batch, trainable_params, mesh)
+  frozen = weights.load_frozen(model, frozen_path, batch, trainable_params, mesh)
   predictor = Predictor(infer_model, frozen, task_params, lengths, batch_size, mesh, decoding)
   start = _agreed_start(writer.start if writer is not None else 0)
   if start == len(examples):

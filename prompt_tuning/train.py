@@ -7,7 +7,7 @@ from prompt_tuning import cli
 
 
 def main():
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   trainer.train()
 
 

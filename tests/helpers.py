@@ -63,16 +63,20 @@ def build_model(bindings=()):
 
 def write_random_checkpoint(directory, seed=0):
   """A random tiny frozen model written as a T5X checkpoint; returns its path."""
-  from prompt_tuning import checkpoints, model_params, param_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import t5x_checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import trees  # pylint: disable=g-import-not-at-top
   model = build_model()
-  params = model_params.init_random(model, jax.random.PRNGKey(seed),
-                                    model_params.dummy_batch(1, 8, 4))
-  frozen = param_utils.split(params, ["encoder/prompt/.*"])[1]
-  return checkpoints.save_checkpoint(str(directory), jax.device_get(frozen), 0)
+  params = weights.init_random(model, jax.random.PRNGKey(seed),
+                                    weights.dummy_batch(1, 8, 4))
+  frozen = trees.split(params, ["encoder/prompt/.*"])[1]
+  return t5x_checkpoints.save_checkpoint(str(directory), jax.device_get(frozen), 0)
 
 
 def train_in_process(model_dir, bindings=(), files=("runs/prompt_finetune.gin",)):
-  from prompt_tuning import configurables, gin_utils, trainer  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top,unused-import
   gin.clear_config()
   gin_utils.parse(TINY_FILES + list(files),
                   TINY_BINDINGS + [f"MODEL_DIR = '{model_dir}'"] + list(bindings))
@@ -175,7 +179,7 @@ def tiny_config(**changes):
   the model's numerics (remat, bf16 products, decoding); `changes` replace
   fields (dtype, dropout_rate, remat_policy, ...)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import t5  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import t5  # pylint: disable=g-import-not-at-top
   config = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
                        num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
                        dtype="float32", relative_attention_num_buckets=8,
@@ -204,23 +208,25 @@ def perturbed_params(model, inputs=9, targets=5, scale=0.1, seed=0, noise_seed=1
   noise, so that zero-initialised ones (LoRA B, adapter `up`) matter too."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import model_params, param_utils  # pylint: disable=g-import-not-at-top
-  params = model_params.init_random(model, jax.random.PRNGKey(seed),
-                                    model_params.dummy_batch(1, inputs, targets))
+  from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import trees  # pylint: disable=g-import-not-at-top
+  params = weights.init_random(model, jax.random.PRNGKey(seed),
+                                    weights.dummy_batch(1, inputs, targets))
   rng = np.random.default_rng(noise_seed)
   flat = {k: jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape).astype(np.float32))
-          for k, v in param_utils.flatten(params).items()}
-  return param_utils.unflatten(flat)
+          for k, v in trees.flatten(params).items()}
+  return trees.unflatten(flat)
 
 
 def loss_and_grads(model, params, batch=None, dropout_rng=None):
   """(loss, gradients of the trainable parameters) of one jitted step on
   `batch` (default `loss_batch()`)."""
-  from prompt_tuning import methods, param_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import methods  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import trees  # pylint: disable=g-import-not-at-top
   batch = loss_batch() if batch is None else batch
-  trainable, frozen = param_utils.split(params, methods.TRAINABLE_PARAMS)
+  trainable, frozen = trees.split(params, methods.TRAINABLE_PARAMS)
 
   def loss(trainable):
-    return model.loss_fn(param_utils.merge(trainable, frozen), batch,
+    return model.loss_fn(trees.merge(trainable, frozen), batch,
                          dropout_rng=dropout_rng)[0]
   return jax.device_get(jax.jit(jax.value_and_grad(loss))(trainable))

@@ -13,13 +13,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import checkpoints
-from prompt_tuning import evaluation
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.evaluation import seqio_eval
 from prompt_tuning import gin_utils
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
-from prompt_tuning import partitioning
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
+from prompt_tuning.model import partitioning
 from prompt_tuning.tasks import demo
 from prompt_tuning.tasks import labels
 
@@ -76,29 +76,29 @@ def frozen_model(directory):
   weights). The decoder's cross-attention output is scaled up 4x so that the
   encoder, and with it the prompt, sways the predictions of a random model."""
   model = helpers.build_model(SMALL)
-  params = model_params.init_random(model, jax.random.PRNGKey(0),
-                                    model_params.dummy_batch(1, 8, 4))
-  frozen = param_utils.flatten(param_utils.split(params, ["encoder/prompt/.*"])[1])
-  frozen = param_utils.unflatten({
+  params = weights.init_random(model, jax.random.PRNGKey(0),
+                                    weights.dummy_batch(1, 8, 4))
+  frozen = trees.flatten(trees.split(params, ["encoder/prompt/.*"])[1])
+  frozen = trees.unflatten({
       name: value * 4 if "encoder_decoder_attention/out" in name else value
       for name, value in frozen.items()})
-  ckpt = checkpoints.save_checkpoint(str(directory), jax.device_get(frozen), 0)
+  ckpt = t5x_checkpoints.save_checkpoint(str(directory), jax.device_get(frozen), 0)
   return model, ckpt, frozen
 
 
 def abstract_trainable(model):
-  return param_utils.split(nn.unbox(model_params.abstract_params(
-      model, model_params.dummy_batch(1, 8, 4))), evaluation.DEFAULT_TRAINABLE)[0]
+  return trees.split(nn.unbox(weights.abstract_params(
+      model, weights.dummy_batch(1, 8, 4))), seqio_eval.DEFAULT_TRAINABLE)[0]
 
 
 def evaluate(ckpt, out, bindings, files=()):
-  """pt-eval's job (evaluation.evaluate) on the tiny model, through gin."""
+  """pt-eval's job (seqio_eval.evaluate) on the tiny model, through gin."""
   gin.clear_config()
   gin_utils.parse(helpers.TINY_FILES + list(files) + ["runs/prompt_eval.gin"],
                   helpers.TINY_BINDINGS + [f"CHECKPOINT_PATH = '{ckpt}'",
                                            f"EVAL_OUTPUT_DIR = '{out}'"] + list(bindings))
   try:
-    return evaluation.evaluate()
+    return seqio_eval.evaluate()
   finally:
     gin.clear_config()
 
@@ -124,7 +124,7 @@ def shared_runs(tmp_path_factory):
     little noise) so members agree on some examples and split on others: two
     .npy files and a numpy checkpoint folder of step 7;
   singles: for each member, the folder of its own evaluation on mp_both by
-    pt-eval's evaluation (load_trainable, a seqio Evaluator, evaluation.run),
+    pt-eval's evaluation (load_trainable, a seqio Evaluator, seqio_eval.run),
     all on one model object (compiled once) and one Evaluator;
   short: a [4, 32] prompt (.npy) and short_eval, its evaluation on mp_class by
     a model with PROMPT_LENGTH 4.
@@ -145,20 +145,20 @@ def shared_runs(tmp_path_factory):
                                         {"encoder": {"prompt": {"prompt": values[2]}}}))
   mesh = partitioning.make_mesh()
   singles = [root / f"single{i}" for i in range(len(members))]
-  evaluator = evaluation.make_evaluator(model, "mp_both", LENGTHS, "validation", str(singles[0]),
+  evaluator = seqio_eval.make_evaluator(model, "mp_both", LENGTHS, "validation", str(singles[0]),
                                         16, False, mesh)
   abstract = abstract_trainable(model)
   for path, single in zip(members, singles):
     evaluator._loggers = (seqio.JSONLogger(str(single)),)  # pylint: disable=protected-access
-    trainable, step, _ = evaluation.load_trainable(abstract, path, None)
-    evaluation.run(evaluator, model, param_utils.merge(trainable, frozen), step, 16, mesh)
+    trainable, step, _ = seqio_eval.load_trainable(abstract, path, None)
+    seqio_eval.run(evaluator, model, trees.merge(trainable, frozen), step, 16, mesh)
   short = root / "short.npy"
   np.save(short, np.random.RandomState(9).uniform(-0.5, 0.5, (4, 32)).astype("f4"))
   short_model = helpers.build_model(SMALL + ["PROMPT_LENGTH = 4"])
-  short_evaluator = evaluation.make_evaluator(short_model, "mp_class", LENGTHS, "validation",
+  short_evaluator = seqio_eval.make_evaluator(short_model, "mp_class", LENGTHS, "validation",
                                               str(root / "short_eval"), 16, False, mesh)
-  trainable, _, _ = evaluation.load_trainable(abstract_trainable(short_model), str(short), None)
-  evaluation.run(short_evaluator, short_model, param_utils.merge(trainable, frozen), 0, 16,
+  trainable, _, _ = seqio_eval.load_trainable(abstract_trainable(short_model), str(short), None)
+  seqio_eval.run(short_evaluator, short_model, trees.merge(trainable, frozen), 0, 16,
                  mesh)
   _SHARED[key] = types.SimpleNamespace(root=root, ckpt=ckpt, model=model, frozen=frozen,
                                        mesh=mesh, evaluator=evaluator,

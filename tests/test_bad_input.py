@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import cli
-from prompt_tuning import file_utils
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
+from prompt_tuning.storage import file_utils
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
 from prompt_tuning.tasks import superglue_jsonl
 
 FILES = ["--gin_file=" + f for f in helpers.TINY_FILES]
@@ -39,8 +39,8 @@ def write_frozen_checkpoint(directory):
   model's parameter shapes (helpers.write_random_checkpoint's model, without
   compiling its init)."""
   model = helpers.build_model()
-  abstract = nn.unbox(model_params.abstract_params(model, model_params.dummy_batch(1, 8, 4)))
-  frozen = param_utils.split(abstract, ["encoder/prompt/.*"])[1]
+  abstract = nn.unbox(weights.abstract_params(model, weights.dummy_batch(1, 8, 4)))
+  frozen = trees.split(abstract, ["encoder/prompt/.*"])[1]
   rng = np.random.default_rng(0)
 
   def draw(path, leaf):
@@ -49,7 +49,7 @@ def write_frozen_checkpoint(directory):
     return (rng.standard_normal(leaf.shape) * 0.05).astype(leaf.dtype)
 
   params = jax.tree_util.tree_map_with_path(draw, frozen)
-  return checkpoints.save_checkpoint(str(directory), params, 0)
+  return t5x_checkpoints.save_checkpoint(str(directory), params, 0)
 
 
 @pytest.fixture(scope="module")

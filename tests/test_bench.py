@@ -100,8 +100,9 @@ def test_compare_smop_prints_both_runs_and_the_ratios(bench, capsys):
 
 
 def test_smop_is_emulated_without_the_module(bench, monkeypatch):
-  monkeypatch.delattr(prompt_tuning, "smop", raising=False)
-  monkeypatch.setitem(sys.modules, "prompt_tuning.smop", None)  # import fails
+  import prompt_tuning.methods  # pylint: disable=g-import-not-at-top
+  monkeypatch.delattr(prompt_tuning.methods, "smop", raising=False)
+  monkeypatch.setitem(sys.modules, "prompt_tuning.methods.smop", None)  # import fails
   module, note = bench.smop_module(4, 5)
   assert note == "smop module not available; emulated with a 5-token prompt"
   assert module.length == 5

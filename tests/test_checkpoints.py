@@ -1,4 +1,4 @@
-"""Tests of prompt_tuning.checkpoints on the real tiny T5X checkpoint and round trips."""
+"""Tests of prompt_tuning.storage.t5x_checkpoints on the real tiny T5X checkpoint and round trips."""
 import gzip
 import itertools
 import json
@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 
 EXPECTED_SHAPES = {
     "token_embedder/embedding": (32128, 4),
@@ -67,7 +67,7 @@ def _read_zarr(folder):
 
 
 def test_list_params_and_step(tiny_checkpoint):
-  params = checkpoints.list_params(tiny_checkpoint)
+  params = t5x_checkpoints.list_params(tiny_checkpoint)
   assert len(params) == 52
   for name, shape in EXPECTED_SHAPES.items():
     assert params[name] == (shape, "float32"), name
@@ -75,12 +75,12 @@ def test_list_params_and_step(tiny_checkpoint):
     for layer in range(2):
       assert sum(k.startswith(f"{stack}/layers_{layer}/") for k in params) == n
   assert not any(k.startswith(("encoder/layers_2", "decoder/layers_2")) for k in params)
-  assert checkpoints.load_step(tiny_checkpoint) == 3
-  assert checkpoints.load_step(tiny_checkpoint / "checkpoint") == 3
+  assert t5x_checkpoints.load_step(tiny_checkpoint) == 3
+  assert t5x_checkpoints.load_step(tiny_checkpoint / "checkpoint") == 3
 
 
 def test_load_params_matches_independent_reading(tiny_checkpoint):
-  loaded = checkpoints.flatten_params(checkpoints.load_params(tiny_checkpoint))
+  loaded = t5x_checkpoints.flatten_params(t5x_checkpoints.load_params(tiny_checkpoint))
   raw = dict(_flat(_raw_tree(tiny_checkpoint)["optimizer"]["target"]))
   assert set(loaded) == set(raw)
   n_zarr = 0
@@ -100,12 +100,12 @@ def test_load_params_matches_independent_reading(tiny_checkpoint):
 
 def test_load_params_subset_and_cast(tiny_checkpoint):
   names = ["token_embedder/embedding", "encoder/encoder_norm/scale"]
-  full = checkpoints.load_params(tiny_checkpoint, names)
-  assert set(checkpoints.flatten_params(full)) == set(names)
-  half = checkpoints.load_params(tiny_checkpoint, names, dtype=jnp.bfloat16)
+  full = t5x_checkpoints.load_params(tiny_checkpoint, names)
+  assert set(t5x_checkpoints.flatten_params(full)) == set(names)
+  half = t5x_checkpoints.load_params(tiny_checkpoint, names, dtype=jnp.bfloat16)
   for name in names:
-    got = checkpoints.flatten_params(half)[name]
-    want = checkpoints.flatten_params(full)[name]
+    got = t5x_checkpoints.flatten_params(half)[name]
+    want = t5x_checkpoints.flatten_params(full)[name]
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(got, want.astype(jnp.bfloat16))
 
@@ -114,8 +114,8 @@ def test_mismatches_reported_together(tiny_checkpoint):
   expected = dict(EXPECTED_SHAPES)
   expected["decoder/logits_dense/kernel"] = (4, 100)
   expected["encoder/layers_2/mlp/wo/kernel"] = (8, 4)
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_params(tiny_checkpoint, expected_shapes=expected)
+  with pytest.raises(t5x_checkpoints.CheckpointError) as e:
+    t5x_checkpoints.load_params(tiny_checkpoint, expected_shapes=expected)
   message = str(e.value)
   assert str(tiny_checkpoint) in message
   assert "missing encoder/layers_2/mlp/wo/kernel (expected [8, 4])" in message
@@ -123,14 +123,14 @@ def test_mismatches_reported_together(tiny_checkpoint):
           in message)
   assert "token_embedder" not in message
   # Matching shapes load, and only those names.
-  params = checkpoints.load_params(tiny_checkpoint, expected_shapes=EXPECTED_SHAPES)
-  assert set(checkpoints.flatten_params(params)) == set(EXPECTED_SHAPES)
+  params = t5x_checkpoints.load_params(tiny_checkpoint, expected_shapes=EXPECTED_SHAPES)
+  assert set(t5x_checkpoints.flatten_params(params)) == set(EXPECTED_SHAPES)
 
 
 def test_missing_checkpoint(tmp_path):
   for path in (tmp_path / "checkpoint_7", tmp_path):
-    with pytest.raises(checkpoints.CheckpointError, match="No T5X checkpoint at") as e:
-      checkpoints.load_params(path)
+    with pytest.raises(t5x_checkpoints.CheckpointError, match="No T5X checkpoint at") as e:
+      t5x_checkpoints.load_params(path)
     assert str(path) in str(e.value)
 
 
@@ -151,7 +151,7 @@ def _params(seed):
 def test_round_trip(tmp_path):
   params = _params(0)
   states = {"encoder": {"big": {"kernel": {"v_row": np.ones(300, np.float32)}}}}
-  path = checkpoints.save_checkpoint(tmp_path, params, 42, param_states=states)
+  path = t5x_checkpoints.save_checkpoint(tmp_path, params, 42, param_states=states)
   assert path == str(tmp_path / "checkpoint_42")
   assert sorted(os.listdir(tmp_path)) == ["checkpoint_42"]
   assert sorted(os.listdir(path)) == [
@@ -170,45 +170,45 @@ def test_round_trip(tmp_path):
   step = raw["optimizer"]["state"]["step"]
   assert step.dtype == np.int32 and step.shape == () and step == 42
 
-  assert checkpoints.load_step(path) == 42
-  want = checkpoints.flatten_params(params)
-  assert checkpoints.list_params(path) == {
+  assert t5x_checkpoints.load_step(path) == 42
+  want = t5x_checkpoints.flatten_params(params)
+  assert t5x_checkpoints.list_params(path) == {
       k: (tuple(v.shape), np.asarray(v).dtype.name) for k, v in want.items()}
-  got = checkpoints.flatten_params(checkpoints.load_params(path))
+  got = t5x_checkpoints.flatten_params(t5x_checkpoints.load_params(path))
   assert set(got) == set(want)
   for name, value in want.items():
     assert got[name].dtype == np.asarray(value).dtype, name
     np.testing.assert_array_equal(got[name], np.asarray(value), err_msg=name)
-  tree = checkpoints.read_checkpoint_tree(path)
+  tree = t5x_checkpoints.read_checkpoint_tree(path)
   np.testing.assert_array_equal(
       tree["optimizer"]["state"]["param_states"]["encoder"]["big"]["kernel"]["v_row"],
       np.ones(300, np.float32))
 
 
 def test_second_save_replaces(tmp_path):
-  checkpoints.save_checkpoint(tmp_path, _params(0), 5)
+  t5x_checkpoints.save_checkpoint(tmp_path, _params(0), 5)
   newer = _params(1)
-  path = checkpoints.save_checkpoint(tmp_path, newer, 5, keep_inline_below=0)
+  path = t5x_checkpoints.save_checkpoint(tmp_path, newer, 5, keep_inline_below=0)
   assert sorted(os.listdir(tmp_path)) == ["checkpoint_5"]
   assert "target.ids" in os.listdir(path)  # Everything is zarr now.
-  got = checkpoints.flatten_params(checkpoints.load_params(path))
-  for name, value in checkpoints.flatten_params(newer).items():
+  got = t5x_checkpoints.flatten_params(t5x_checkpoints.load_params(path))
+  for name, value in t5x_checkpoints.flatten_params(newer).items():
     np.testing.assert_array_equal(got[name], np.asarray(value), err_msg=name)
 
 
 def test_list_params_reads_no_zarr_data(tmp_path):
-  path = checkpoints.save_checkpoint(tmp_path, _params(0), 1)
+  path = t5x_checkpoints.save_checkpoint(tmp_path, _params(0), 1)
   os.remove(os.path.join(path, "target.encoder.big.kernel", "0.0"))
-  assert checkpoints.list_params(path)["encoder/big/kernel"] == ((300, 64), "float32")
+  assert t5x_checkpoints.list_params(path)["encoder/big/kernel"] == ((300, 64), "float32")
 
 
 def test_flatten_unflatten():
   from flax.core import frozen_dict  # pylint: disable=g-import-not-at-top
   nested = {"a": {"b": {"c": 1}, "d": 2}, "e": 3}
   flat = {"a/b/c": 1, "a/d": 2, "e": 3}
-  assert checkpoints.flatten_params(nested) == flat
-  assert checkpoints.flatten_params(frozen_dict.freeze(nested)) == flat
-  assert checkpoints.unflatten_params(flat) == nested
+  assert t5x_checkpoints.flatten_params(nested) == flat
+  assert t5x_checkpoints.flatten_params(frozen_dict.freeze(nested)) == flat
+  assert t5x_checkpoints.unflatten_params(flat) == nested
 
 
 # Damaged checkpoints: one CheckpointError line naming the parameter and the file.
@@ -265,23 +265,23 @@ def test_damaged_real_checkpoint(damage, tiny_checkpoint, tmp_path):
   folder = ckpt / "target.token_embedder.embedding"
   filename, what = DAMAGES[damage](folder)
   # Listing reads no zarr data; the shapes are in the msgpack tree.
-  assert checkpoints.list_params(ckpt)["token_embedder/embedding"] == ((32128, 4), "float32")
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_params(ckpt)
+  assert t5x_checkpoints.list_params(ckpt)["token_embedder/embedding"] == ((32128, 4), "float32")
+  with pytest.raises(t5x_checkpoints.CheckpointError) as e:
+    t5x_checkpoints.load_params(ckpt)
   _check_message(str(e.value), "token_embedder/embedding", folder.name, filename, what)
   assert str(ckpt) in str(e.value)
   # Intact parameters still load on their own.
-  other = checkpoints.load_params(ckpt, ["encoder/layers_0/mlp/wo/kernel"])
-  assert checkpoints.flatten_params(other)["encoder/layers_0/mlp/wo/kernel"].shape == (8, 4)
+  other = t5x_checkpoints.load_params(ckpt, ["encoder/layers_0/mlp/wo/kernel"])
+  assert t5x_checkpoints.flatten_params(other)["encoder/layers_0/mlp/wo/kernel"].shape == (8, 4)
 
 
 def test_missing_chunk_is_not_read_as_zeros(tiny_checkpoint, tmp_path):
   """tensorstore's default reads a missing chunk as zeros (here 3456 embedding rows)."""
   ckpt = _writable_copy(tiny_checkpoint, tmp_path / "checkpoint_3")
   os.remove(ckpt / "target.token_embedder.embedding" / "7.0")  # The cropped edge chunk.
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(t5x_checkpoints.CheckpointError,
                      match=r"chunk file target\.token_embedder\.embedding/7\.0 is missing"):
-    checkpoints.load_params(ckpt, ["token_embedder/embedding"])
+    t5x_checkpoints.load_params(ckpt, ["token_embedder/embedding"])
 
 
 def test_every_damaged_parameter_is_counted(tiny_checkpoint, tmp_path):
@@ -289,8 +289,8 @@ def test_every_damaged_parameter_is_counted(tiny_checkpoint, tmp_path):
   _delete_chunk(ckpt / "target.token_embedder.embedding")
   _delete_folder(ckpt / "target.decoder.logits_dense.kernel")
   _garble_zarray(ckpt / "target.encoder.layers_0.mlp.wo.kernel")
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_params(ckpt)
+  with pytest.raises(t5x_checkpoints.CheckpointError) as e:
+    t5x_checkpoints.load_params(ckpt)
   message = str(e.value)
   # The first by name in full, the others named, in one line.
   assert "\n" not in message
@@ -301,17 +301,17 @@ def test_every_damaged_parameter_is_counted(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_written_checkpoint(damage, tmp_path, monkeypatch):
-  monkeypatch.setattr(checkpoints, "_MAX_CHUNK_BYTES", 150 * 64 * 4)  # Two chunks of rows.
+  monkeypatch.setattr(t5x_checkpoints, "_MAX_CHUNK_BYTES", 150 * 64 * 4)  # Two chunks of rows.
   params = _params(0)
   params["encoder"]["zeros"] = np.zeros((4, 5000), np.float32)
-  path = checkpoints.save_checkpoint(tmp_path, params, 1)
+  path = t5x_checkpoints.save_checkpoint(tmp_path, params, 1)
   folder = tmp_path / "checkpoint_1" / "target.encoder.big.kernel"
   assert sorted(os.listdir(folder)) == [".zarray", "0.0", "1.0"]
   # Every chunk is written, even an all-zero one, so intact checkpoints load.
-  got = checkpoints.flatten_params(checkpoints.load_params(path))
+  got = t5x_checkpoints.flatten_params(t5x_checkpoints.load_params(path))
   np.testing.assert_array_equal(got["encoder/zeros"], params["encoder"]["zeros"])
 
   filename, what = DAMAGES[damage](folder)
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_params(path, ["encoder/big/kernel", "encoder/norm/scale"])
+  with pytest.raises(t5x_checkpoints.CheckpointError) as e:
+    t5x_checkpoints.load_params(path, ["encoder/big/kernel", "encoder/norm/scale"])
   _check_message(str(e.value), "encoder/big/kernel", folder.name, filename, what)

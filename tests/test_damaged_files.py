@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints
-from prompt_tuning import evaluation
-from prompt_tuning import numpy_checkpoints as nc
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.storage import numpy_checkpoints as nc
 
 import helpers  # pylint: disable=g-bad-import-order
 
@@ -124,7 +124,7 @@ def test_damage_is_reported_with_the_file(damage, tmp_path):
     if hit[what]:
       with pytest.raises(nc.CheckpointDamagedError) as e:
         load()
-      assert isinstance(e.value, checkpoints.CheckpointError)
+      assert isinstance(e.value, t5x_checkpoints.CheckpointError)
       assert str(e.value) == problem
     else:
       load()
@@ -144,7 +144,7 @@ def test_single_file_check(tmp_path):
 
 def test_parameter_the_checkpoint_never_had_is_not_damage(tmp_path):
   directory = _save(tmp_path, 2)
-  with pytest.raises(checkpoints.CheckpointError, match="has no encoder.other.npy") as e:
+  with pytest.raises(t5x_checkpoints.CheckpointError, match="has no encoder.other.npy") as e:
     nc.load_params(directory, ["encoder/other"])
   assert not isinstance(e.value, nc.CheckpointDamagedError)
   assert PROMPT_FILE in str(e.value)
@@ -326,7 +326,7 @@ def test_pt_eval_damaged_npy_beside_checksums(runs, tmp_path):
   latest = nc.checkpoint_dir(str(_copy_run(runs, tmp_path)), 4)
   flip_two_bits(latest)
   with pytest.raises(nc.CheckpointDamagedError, match=f"{PROMPT_FILE} does not match"):
-    evaluation.load_trainable(_abstract_trainable(), os.path.join(latest, PROMPT_FILE), None)
+    seqio_eval.load_trainable(_abstract_trainable(), os.path.join(latest, PROMPT_FILE), None)
 
 
 def test_pt_eval_model_dir_uses_newest_intact_and_moves_nothing(runs, tmp_path, caplog):
@@ -334,7 +334,7 @@ def test_pt_eval_model_dir_uses_newest_intact_and_moves_nothing(runs, tmp_path, 
   truncate(nc.checkpoint_dir(str(model_dir), 4), PROMPT_FILE)
   before = helpers.snapshot(model_dir)
   with caplog.at_level(logging.WARNING):
-    params, step, source = evaluation.load_trainable(_abstract_trainable(), None, str(model_dir))
+    params, step, source = seqio_eval.load_trainable(_abstract_trainable(), None, str(model_dir))
   assert (step, source) == (2, nc.checkpoint_dir(str(model_dir), 2))
   np.testing.assert_array_equal(
       params["encoder"]["prompt"]["prompt"],

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning import layers
+from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import models
-from prompt_tuning import multiprompt
-from prompt_tuning import param_utils
-from prompt_tuning import prompts
-from prompt_tuning import smop
-from prompt_tuning import t5
+from prompt_tuning.model import weights
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.methods import multiprompt
+from prompt_tuning.storage import trees
+from prompt_tuning.methods import prompts
+from prompt_tuning.methods import smop
+from prompt_tuning.model import t5
 
 TINY = helpers.tiny_config()
 PROMPT = prompts.Prompt(length=3, init=nn.initializers.normal(1.0))
@@ -27,7 +27,7 @@ B, L, STEPS = 4, 7, 12
 
 
 def _model(prompt=PROMPT, sites=layers.IDENTITY, config=TINY):
-  return models.EncoderDecoderModel(t5.Transformer(config, prompt=prompt, sites=sites))
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(config, prompt=prompt, sites=sites))
 
 
 def _params(model, seed=0):
@@ -103,26 +103,26 @@ def test_eos_stops_rows_and_zeroes_after():
   steps, zeros follow EOS, and rows done from the start stay zero."""
   model = _model()
   params = _params(model, seed=2)
-  flat = param_utils.flatten(params)
+  flat = trees.flatten(params)
   done = jnp.asarray([False, False, True, False])
   # EOS's logit made 1.05 times that of the token row 0 picks at step 3 (so
   # EOS wins wherever that token would, and row 0 ends by step 3).
   picked = int(_both(model, params, _batch(2), length=STEPS, done=done)[1][0][0, 3])
   kernel = np.array(flat["decoder/logits_dense/kernel"])
-  kernel[:, models.EOS_ID] = 1.05 * kernel[:, picked]
+  kernel[:, encoder_decoder.EOS_ID] = 1.05 * kernel[:, picked]
   flat["decoder/logits_dense/kernel"] = kernel
-  params = param_utils.unflatten(flat)
+  params = trees.unflatten(flat)
   uncached, cached = _both(model, params, _batch(2), length=STEPS, done=done)
   _assert_same(uncached, cached)
   tokens = cached[0]
   assert np.all(tokens[2] == 0) and cached[1][2] == 0.0
   ended = 0
   for row in tokens:
-    eos = np.flatnonzero(row == models.EOS_ID)
+    eos = np.flatnonzero(row == encoder_decoder.EOS_ID)
     if eos.size:
       ended += 1
       assert np.all(row[eos[0] + 1:] == 0), row
-  assert ended >= 1 and models.EOS_ID in tokens[0, :4], tokens
+  assert ended >= 1 and encoder_decoder.EOS_ID in tokens[0, :4], tokens
 
 
 def test_default_is_cached_and_uncached_is_selectable():
@@ -141,8 +141,8 @@ def test_ensemble_vmap_over_prompts():
   model = _model()
   members = [_params(model, seed=s) for s in (4, 5, 6)]
   patterns = ["encoder/prompt/.*"]
-  stacked = multiprompt.stack_trees([param_utils.split(p, patterns)[0] for p in members])
-  frozen = param_utils.split(members[0], patterns)[1]
+  stacked = multiprompt.stack_trees([trees.split(p, patterns)[0] for p in members])
+  frozen = trees.split(members[0], patterns)[1]
   tokens = _batch(4)
 
   def decode(cached):
@@ -171,17 +171,17 @@ def test_ensemble_vmap_over_prompts():
 
 def test_real_t5x_checkpoint(tiny_checkpoint):
   """The real tiny T5X checkpoint (T5 1.1, buckets 4 / distance 8), with a prompt."""
-  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import t5x_checkpoints  # pylint: disable=g-import-not-at-top
   config = t5.T5Config(vocab_size=32128, emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
                        num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
                        dtype="float32", relative_attention_num_buckets=4,
                        relative_attention_max_distance=8)
   model = _model(config=config)
-  init = model_params.init_random(model, jax.random.PRNGKey(0), model_params.dummy_batch(1, L, 4))
-  prompt, shapes = param_utils.split(init, ["encoder/prompt/.*"])
-  shapes = {k: v.shape for k, v in param_utils.flatten(shapes).items()}
-  frozen = checkpoints.load_params(str(tiny_checkpoint), expected_shapes=shapes,
+  init = weights.init_random(model, jax.random.PRNGKey(0), weights.dummy_batch(1, L, 4))
+  prompt, shapes = trees.split(init, ["encoder/prompt/.*"])
+  shapes = {k: v.shape for k, v in trees.flatten(shapes).items()}
+  frozen = t5x_checkpoints.load_params(str(tiny_checkpoint), expected_shapes=shapes,
                                    dtype=np.float32)
-  params = param_utils.merge(prompt, frozen)
+  params = trees.merge(prompt, frozen)
   uncached, cached = _both(model, params, _batch(5, vocab=32000), length=16)
   _assert_same(uncached, cached)

@@ -11,12 +11,12 @@ import pytest
 import seqio
 
 from prompt_tuning import configurables
-from prompt_tuning import ensemble
-from prompt_tuning import evaluation
-from prompt_tuning import initializers
-from prompt_tuning import multiprompt
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
+from prompt_tuning.evaluation import ensemble
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.methods import initializers
+from prompt_tuning.methods import multiprompt
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
 
 import helpers  # pylint: disable=g-bad-import-order
 import multiprompt_fixtures  # pylint: disable=g-bad-import-order  (also registers the mp_* tasks)
@@ -50,9 +50,9 @@ def greedy_summed_scores(shared, task):
   ds = shared.evaluator.cached_model_datasets[task]
   features = dict(ds.as_numpy_iterator())
   abstract = multiprompt_fixtures.abstract_trainable(shared.model)
-  params = [param_utils.merge(evaluation.load_trainable(abstract, p, None)[0], shared.frozen)
+  params = [trees.merge(seqio_eval.load_trainable(abstract, p, None)[0], shared.frozen)
             for p in shared.members]
-  outputs = [dict(evaluation.ModelFns(shared.model, p, 16, shared.mesh, 8).predict_fn(ds))
+  outputs = [dict(seqio_eval.ModelFns(shared.model, p, 16, shared.mesh, 8).predict_fn(ds))
              for p in params]
   examples = sorted(features)
   targets = np.asarray([outputs[j][e] for e in examples for j in range(len(params))], np.int32)
@@ -233,9 +233,9 @@ def test_smop_members_match_their_single_runs(tmp_path_factory):
                                     helpers.MODEL_BINDINGS + smop)
   evaluator = shared.class_evaluator
   evaluator._loggers = (seqio.JSONLogger(str(root / "single")),)  # pylint: disable=protected-access
-  trainable, step, _ = evaluation.load_trainable(
+  trainable, step, _ = seqio_eval.load_trainable(
       multiprompt_fixtures.abstract_trainable(model), members[1], None)
-  single = evaluation.run(evaluator, model, param_utils.merge(trainable, shared.frozen), step,
+  single = seqio_eval.run(evaluator, model, trees.merge(trainable, shared.frozen), step,
                           16, shared.mesh)
   assert result["member_1"] == single
   assert sorted(single["mp_class"]) == ["accuracy"] + [f"routing/prompt_{i}" for i in range(4)]

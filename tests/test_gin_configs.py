@@ -4,7 +4,7 @@ import pytest
 
 from prompt_tuning import configurables  # pylint: disable=unused-import
 from prompt_tuning import gin_utils
-from prompt_tuning import t5
+from prompt_tuning.model import t5
 
 # (emb, heads, head_dim, mlp, encoder layers, decoder layers) from T5X_FORMAT.md.
 T5_1_1 = {"small": (512, 6, 64, 1024, 8, 8), "base": (768, 12, 64, 2048, 12, 12),

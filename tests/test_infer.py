@@ -14,7 +14,7 @@ import pytest
 from prompt_tuning import cli
 from prompt_tuning import data
 from prompt_tuning import infer
-from prompt_tuning import initializers
+from prompt_tuning.methods import initializers
 
 import helpers  # pylint: disable=g-bad-import-order
 import multiprompt_fixtures  # pylint: disable=g-bad-import-order  (also registers the mp_* tasks)

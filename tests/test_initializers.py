@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables  # pylint: disable=unused-import  (gin names)
 from prompt_tuning import gin_utils
-from prompt_tuning import initializers
-from prompt_tuning import model_params
-from prompt_tuning import param_utils
-from prompt_tuning import trainer
+from prompt_tuning.methods import initializers
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.training import trainer
 from prompt_tuning.tasks import labels as task_labels
 
 import helpers  # pylint: disable=g-bad-import-order
@@ -38,7 +38,7 @@ def clean_gin():
 
 @pytest.fixture
 def table(tiny_checkpoint):
-  params = checkpoints.load_params(tiny_checkpoint, ["token_embedder/embedding"],
+  params = t5x_checkpoints.load_params(tiny_checkpoint, ["token_embedder/embedding"],
                                    dtype=np.float32)
   return np.asarray(params["token_embedder"]["embedding"])
 
@@ -60,7 +60,7 @@ def row_ids(prompt, table):
 
 
 def jit_init(init, shape, seed=0):
-  """As model_params.init_trainable runs it: inside jax.jit, on a traced rng."""
+  """As weights.init_trainable runs it: inside jax.jit, on a traced rng."""
   return np.asarray(jax.jit(lambda rng: init(rng, shape, jnp.float32))(jax.random.PRNGKey(seed)))
 
 
@@ -219,11 +219,11 @@ def test_model_init_with_smop_and_sampled_vocab(tiny_checkpoint, table):
                          "initializers_test_model.model = %MODEL"])
   model = _configured_model()
   gin.clear_config()
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0),
-                                          model_params.dummy_batch(1, 8, 4),
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(0),
+                                          weights.dummy_batch(1, 8, 4),
                                           trainer.DEFAULT_TRAINABLE)
-  flat = param_utils.flatten(trainable)
-  assert param_utils.shapes(trainable) == {"encoder/prompt/prompt": (4, 5, 4),
+  flat = trees.flatten(trainable)
+  assert trees.shapes(trainable) == {"encoder/prompt/prompt": (4, 5, 4),
                                            "encoder/prompt/router/kernel": (4, 4)}
   ids = row_ids(flat["encoder/prompt/prompt"], table)
   assert ids.max() < initializers.POPULATION_SIZE
@@ -241,19 +241,19 @@ SMALL_MODEL = ["DROPOUT_RATE = 0.0", "EMBED_DIM = 8", "NUM_HEADS = 1", "NUM_ENCO
 def small_frozen():
   """The frozen weights of a small model (they do not depend on PROMPT_LENGTH)."""
   model = helpers.build_model(SMALL_MODEL)
-  params = model_params.init_random(model, jax.random.PRNGKey(1), model_params.dummy_batch(1, 8, 4))
-  return param_utils.split(params, trainer.DEFAULT_TRAINABLE)[1]
+  params = weights.init_random(model, jax.random.PRNGKey(1), weights.dummy_batch(1, 8, 4))
+  return trees.split(params, trainer.DEFAULT_TRAINABLE)[1]
 
 
 @pytest.mark.parametrize("length", [1, 5, 20, 100, 150])
 def test_prompt_length_trains(length, small_frozen):
   """Init and one loss/gradient step of a tiny model for each PROMPT_LENGTH."""
   model = helpers.build_model(SMALL_MODEL + [f"PROMPT_LENGTH = {length}"])
-  batch = model_params.dummy_batch(2, 8, 4)
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0), batch,
+  batch = weights.dummy_batch(2, 8, 4)
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(0), batch,
                                           trainer.DEFAULT_TRAINABLE)
   loss, grads = jax.jit(jax.value_and_grad(
-      lambda tr: model.loss_fn(param_utils.merge(tr, small_frozen), batch)[0]))(trainable)
-  grad = param_utils.flatten(grads)["encoder/prompt/prompt"]
+      lambda tr: model.loss_fn(trees.merge(tr, small_frozen), batch)[0]))(trainable)
+  grad = trees.flatten(grads)["encoder/prompt/prompt"]
   assert grad.shape == (length, 8)
   assert np.isfinite(float(loss)) and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0

@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
-from prompt_tuning import evaluation
+from prompt_tuning.evaluation import seqio_eval
 from prompt_tuning import gin_utils
-from prompt_tuning import layers
+from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
 
 import helpers  # pylint: disable=g-bad-import-order
 
@@ -31,7 +31,7 @@ NO_PROMPT = ["t5.Transformer.prompt = None"]
 SIZES = {"lora": ["LORA_RANK = 4"], "prefix": ["PREFIX_LENGTH = 3"],
          "adapter": ["ADAPTER_BOTTLENECK = 4"], "parallel_adapter": ["ADAPTER_BOTTLENECK = 4"],
          "mam": ["PREFIX_LENGTH = 3", "ADAPTER_BOTTLENECK = 4"]}
-BATCH = model_params.dummy_batch(2, 8, 4)
+BATCH = weights.dummy_batch(2, 8, 4)
 
 
 def method_model(names, bindings=(), layers_bindings=SMALL):
@@ -57,13 +57,13 @@ def tokens_batch(seed=0, batch_size=3):
 def plain():
   """(the plain tiny model without a prompt, all its parameters)."""
   model = helpers.build_model(SMALL + NO_PROMPT)
-  return model, model_params.init_random(model, jax.random.PRNGKey(0), BATCH)
+  return model, weights.init_random(model, jax.random.PRNGKey(0), BATCH)
 
 
 def with_method(model, frozen, seed=1):
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(seed), BATCH,
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(seed), BATCH,
                                           methods.TRAINABLE_PARAMS)
-  return trainable, param_utils.merge(trainable, frozen)
+  return trainable, trees.merge(trainable, frozen)
 
 
 # ---------------------------------------------------------------- the seam
@@ -74,8 +74,8 @@ def test_no_method_is_the_plain_model(plain):
   model, params = plain
   empty = helpers.build_model(SMALL + NO_PROMPT + ["t5.Transformer.sites = @methods.Methods()"])
   assert model.module.sites is layers.IDENTITY and empty.module.sites == methods.Methods()
-  assert param_utils.shapes(model_params.init_random(empty, jax.random.PRNGKey(0), BATCH)) \
-      == param_utils.shapes(params)
+  assert trees.shapes(weights.init_random(empty, jax.random.PRNGKey(0), BATCH)) \
+      == trees.shapes(params)
   jaxpr = lambda m: str(jax.make_jaxpr(lambda p: m.logits(p, BATCH))(params))
   assert jaxpr(empty) == jaxpr(model)
 
@@ -84,10 +84,10 @@ def test_method_parameters_keep_t5x_names(plain):
   """Every method adds parameters only under its own names; the frozen tree is T5X's."""
   _, params = plain
   model = method_model(["lora", "mam"], ["LORA_TARGETS = ['query', 'value', 'wi', 'wo']"])
-  abstract = nn.unbox(model_params.abstract_params(model, BATCH))
-  trainable, frozen = param_utils.split(abstract, methods.TRAINABLE_PARAMS)
-  assert param_utils.shapes(frozen) == param_utils.shapes(params)
-  names = param_utils.shapes(trainable)
+  abstract = nn.unbox(weights.abstract_params(model, BATCH))
+  trainable, frozen = trees.split(abstract, methods.TRAINABLE_PARAMS)
+  assert trees.shapes(frozen) == trees.shapes(params)
+  names = trees.shapes(trainable)
   assert names["encoder/layers_0/attention/query/lora/a"] == (32, 4)
   assert names["decoder/layers_0/mlp/wi_1/lora/b"] == (4, 64)
   assert names["decoder/layers_0/mlp/wo/lora/a"] == (64, 4)
@@ -112,7 +112,7 @@ def test_zero_initialised_methods_start_at_the_frozen_model(plain, names, bindin
                                 np.asarray(model.logits(params, batch)))
   # ... and the update is live: a non-zero up-projection changes the outputs.
   moved = jax.tree_util.tree_map(lambda x: x + 0.1, trainable)
-  changed = method.logits(param_utils.merge(moved, params), batch)
+  changed = method.logits(trees.merge(moved, params), batch)
   assert float(jnp.max(jnp.abs(changed - model.logits(params, batch)))) > 1e-3
 
 
@@ -148,7 +148,7 @@ def test_prefix_reparameterisation_is_used_in_training_and_evaluation(plain):
   _, params = plain
   model = method_model(["prefix"], ["PREFIX_HIDDEN_DIM = 8"])
   trainable, merged = with_method(model, params)
-  names = param_utils.shapes(trainable)
+  names = trees.shapes(trainable)
   assert names["encoder/layers_0/attention/prefix/embedding"] == (3, 32)
   assert names["encoder/layers_0/attention/prefix/hidden"] == (32, 8)
   assert names["encoder/layers_0/attention/prefix/out"] == (8, 32)
@@ -167,8 +167,8 @@ def base_counts(names, bindings=()):
   """(trainable, frozen) parameter counts of T5 1.1 Base with methods, by eval_shape."""
   model = configurables.build_model(
       ["models/t5_1_1_base_prompt.gin"] + [f"methods/{n}.gin" for n in names], list(bindings))
-  abstract = nn.unbox(model_params.abstract_params(model, model_params.dummy_batch(1, 8, 4)))
-  trainable, frozen = param_utils.split(abstract, methods.TRAINABLE_PARAMS)
+  abstract = nn.unbox(weights.abstract_params(model, weights.dummy_batch(1, 8, 4)))
+  trainable, frozen = trees.split(abstract, methods.TRAINABLE_PARAMS)
   return methods.count(trainable), methods.count(frozen)
 
 
@@ -203,7 +203,8 @@ def test_trainable_counts_follow_the_closed_forms(names, bindings, want):
 
 
 def test_trainable_params_of_the_run_files_are_the_methods():
-  from prompt_tuning import infer, peft_interop  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import infer  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning.interop import peft  # pylint: disable=g-import-not-at-top,unused-import
   run = helpers.TINY_BINDINGS + ["MODEL_DIR = '/unused'", "INITIAL_CHECKPOINT_PATH = None"]
   for name, bindings in (("runs/prompt_finetune.gin", run), ("runs/prompt_eval.gin", run),
                          ("runs/prompt_infer.gin", helpers.MODEL_BINDINGS + [
@@ -261,14 +262,14 @@ def test_bad_setting_is_one_cli_line(tmp_path):
 @pytest.fixture(scope="module")
 def frozen_ckpt(tmp_path_factory, plain):
   _, params = plain
-  return checkpoints.save_checkpoint(str(tmp_path_factory.mktemp("frozen")),
+  return t5x_checkpoints.save_checkpoint(str(tmp_path_factory.mktemp("frozen")),
                                      jax.device_get(params), 0)
 
 
 def _losses(model, frozen, directory, batches):
   names = [p.name[:-len(".npy")].replace(".", "/") for p in directory.glob("*.npy")]
   params = numpy_checkpoints.load_params(str(directory), names)
-  merged = param_utils.merge(jax.tree_util.tree_map(jnp.asarray, params), frozen)
+  merged = trees.merge(jax.tree_util.tree_map(jnp.asarray, params), frozen)
   loss = jax.jit(lambda p, b: model.loss_fn(p, b)[0])
   return float(np.mean([loss(merged, b) for b in batches]))
 
@@ -305,7 +306,7 @@ def test_methods_train_resume_exactly_and_evaluate(tmp_path, frozen_ckpt, plain,
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   ds = data.get_dataset("demo_last_word", {"inputs": 32, "targets": 8}, "train", 8, seed=0)
   batches = list(ds.take(3).as_numpy_iterator())
-  _, frozen = param_utils.split(plain[1], methods.TRAINABLE_PARAMS)
+  _, frozen = trees.split(plain[1], methods.TRAINABLE_PARAMS)
   before = _losses(model, frozen, run / "numpy_checkpoints" / "checkpoint_0", batches)
   after = _losses(model, frozen, last, batches)
   assert after < before, (before, after)
@@ -317,7 +318,7 @@ def test_methods_train_resume_exactly_and_evaluate(tmp_path, frozen_ckpt, plain,
                   + [f"MODEL_DIR = '{run}'", f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
                      f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"])
   try:
-    result = evaluation.evaluate()
+    result = seqio_eval.evaluate()
   finally:
     gin.clear_config()
   assert 0.0 <= result["demo_last_word"]["accuracy"] <= 100.0

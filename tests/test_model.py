@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import model_params
-from prompt_tuning import models
-from prompt_tuning import param_utils
-from prompt_tuning import prompts
-from prompt_tuning import t5
+from prompt_tuning.model import weights
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.storage import trees
+from prompt_tuning.methods import prompts
+from prompt_tuning.model import t5
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import make_hf_reference as hf_ref  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,7 +34,7 @@ def make_model(ref_config, prompt_length):
       relative_attention_num_buckets=ref_config["buckets"],
       relative_attention_max_distance=ref_config["max_distance"])
   prompt = prompts.Prompt(prompt_length, nn.initializers.zeros) if prompt_length else None
-  return models.EncoderDecoderModel(t5.Transformer(config, prompt=prompt))
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(config, prompt=prompt))
 
 
 def our_outputs(flat_params, ref_config, input_ids, prompt, targets):
@@ -43,7 +43,7 @@ def our_outputs(flat_params, ref_config, input_ids, prompt, targets):
   flat = dict(flat_params)
   if prompt.shape[0]:
     flat["encoder/prompt/prompt"] = prompt
-  params = jax.tree_util.tree_map(jnp.asarray, param_utils.unflatten(flat))
+  params = jax.tree_util.tree_map(jnp.asarray, trees.unflatten(flat))
   targets = jnp.asarray(targets)
   batch = {"encoder_input_tokens": jnp.asarray(input_ids),
            "decoder_input_tokens": jnp.asarray(hf_ref.shift_right(np.asarray(targets))),
@@ -112,16 +112,16 @@ def _direct_params(ckpt):
 
 def test_tiny_t5x_checkpoint_loads_and_matches_numpy(tiny_checkpoint):
   model = make_model(TINY, prompt_length=3)
-  batch = model_params.dummy_batch(1, 6, 4)
-  frozen = model_params.load_frozen(model, str(tiny_checkpoint), batch, ["encoder/prompt/.*"])
+  batch = weights.dummy_batch(1, 6, 4)
+  frozen = weights.load_frozen(model, str(tiny_checkpoint), batch, ["encoder/prompt/.*"])
   direct_params = _direct_params(tiny_checkpoint)
-  assert set(param_utils.flatten(frozen)) == set(direct_params)
+  assert set(trees.flatten(frozen)) == set(direct_params)
   rng = np.random.RandomState(0)
   input_ids = rng.randint(2, 32000, (2, 6)).astype(np.int32)
   input_ids[1, 4:] = 0
   targets = np.array([[5, 9, 300, 1], [7, 1, 0, 0]], np.int32)
   prompt = rng.uniform(-0.5, 0.5, (3, 4)).astype(np.float32)
-  flat = param_utils.flatten(frozen)
+  flat = trees.flatten(frozen)
   ours = our_outputs({k: np.asarray(v) for k, v in flat.items()}, TINY, input_ids, prompt, targets)
   reference = hf_ref.numpy_outputs(direct_params, TINY, input_ids, prompt, targets)
   np.testing.assert_allclose(ours["logits"], reference["logits"], atol=TOL, rtol=0)
@@ -130,7 +130,7 @@ def test_tiny_t5x_checkpoint_loads_and_matches_numpy(tiny_checkpoint):
 
 def test_relative_position_buckets_match_t5():
   """Hand-checked values of T5's bucketing (32 buckets, max distance 128)."""
-  from prompt_tuning import layers  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.model import layers  # pylint: disable=g-import-not-at-top
   rel = np.arange(-300, 300)
   for bidirectional in (True, False):
     got = dict(zip(rel.tolist(), layers.relative_position_bucket(rel, bidirectional, 32, 128).tolist()))
@@ -146,10 +146,10 @@ def test_param_tree_is_t5x():
   """Names and shapes for T5 1.1 Small, with the prompt at encoder/prompt/prompt."""
   config = t5.T5Config(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
                        num_encoder_layers=8, num_decoder_layers=8, dtype="float32")
-  model = models.EncoderDecoderModel(t5.Transformer(
+  model = encoder_decoder.EncoderDecoderModel(t5.Transformer(
       config, prompt=prompts.Prompt(100, nn.initializers.zeros)))
-  shapes = param_utils.shapes(nn.unbox(model_params.abstract_params(
-      model, model_params.dummy_batch(1, 8, 4))))
+  shapes = trees.shapes(nn.unbox(weights.abstract_params(
+      model, weights.dummy_batch(1, 8, 4))))
   assert shapes["token_embedder/embedding"] == (32128, 512)
   assert shapes["encoder/layers_0/attention/query/kernel"] == (512, 384)
   assert shapes["encoder/layers_7/mlp/wi_1/kernel"] == (512, 1024)
@@ -172,15 +172,15 @@ def test_prompt_initialiser_runs_only_at_init():
   config = t5.T5Config(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
                        num_encoder_layers=1, num_decoder_layers=1, dtype="float32",
                        dropout_rate=0.0)
-  model = models.EncoderDecoderModel(t5.Transformer(config, prompt=prompts.Prompt(3, init)))
-  batch = model_params.dummy_batch(2, 5, 3)
-  model_params.abstract_params(model, batch)
+  model = encoder_decoder.EncoderDecoderModel(t5.Transformer(config, prompt=prompts.Prompt(3, init)))
+  batch = weights.dummy_batch(2, 5, 3)
+  weights.abstract_params(model, batch)
   assert not calls
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0), batch,
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(0), batch,
                                           ["encoder/prompt/.*"])
   assert calls == [(3, 8)]
   np.testing.assert_array_equal(np.asarray(trainable["encoder"]["prompt"]["prompt"]), 0.25)
-  params = model_params.init_random(model, jax.random.PRNGKey(0), batch)
+  params = weights.init_random(model, jax.random.PRNGKey(0), batch)
   calls.clear()
   model.logits(params, batch)
   assert not calls

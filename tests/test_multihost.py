@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from prompt_tuning import numpy_checkpoints
+from prompt_tuning.storage import numpy_checkpoints
 
 import helpers  # pylint: disable=g-bad-import-order
 from test_cli import assert_one_line_error  # pylint: disable=g-bad-import-order

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning import layers
+from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import models
-from prompt_tuning import param_utils
-from prompt_tuning import prompts
-from prompt_tuning import t5
+from prompt_tuning.model import weights
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.storage import trees
+from prompt_tuning.methods import prompts
+from prompt_tuning.model import t5
 
 BF16 = helpers.tiny_config(dtype="bfloat16", remat_policy="none")
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the narrow path is CPU's")
@@ -105,11 +105,11 @@ def test_values_and_gradients_are_the_bf16_products():
 
 def _model(sites=layers.IDENTITY, prompt_length=3, config=BF16, smop=False):
   if smop:
-    from prompt_tuning import smop as smop_lib  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.methods import smop as smop_lib  # pylint: disable=g-import-not-at-top
     prompt = smop_lib.SMoP(num_prompts=2, length=2, init=nn.initializers.normal(1.0))
   else:
     prompt = prompts.Prompt(length=prompt_length, init=nn.initializers.normal(1.0))
-  return models.EncoderDecoderModel(t5.Transformer(config, prompt=prompt, sites=sites))
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(config, prompt=prompt, sites=sites))
 
 
 METHODS = {
@@ -136,9 +136,9 @@ def test_loss_and_gradients_match_the_plain_einsum(name, monkeypatch):
   plain_loss, plain_grads = helpers.loss_and_grads(model, params)
   assert np.isfinite(narrow_loss)
   np.testing.assert_allclose(narrow_loss, plain_loss, rtol=2e-2)
-  for key, g in param_utils.flatten(plain_grads).items():
+  for key, g in trees.flatten(plain_grads).items():
     scale = max(float(np.max(np.abs(g))), 1e-3)
-    np.testing.assert_allclose(param_utils.flatten(narrow_grads)[key], g, rtol=0,
+    np.testing.assert_allclose(trees.flatten(narrow_grads)[key], g, rtol=0,
                                atol=5e-2 * scale, err_msg=key)
 
 
@@ -171,8 +171,8 @@ def test_narrowed_frozen_names():
   norm scales (read in float32), nor any method parameter (a frozen SMoP
   router keeps float32)."""
   model = _model(sites=METHODS["lora_all+adapters"]["sites"], smop=True)
-  params = param_utils.flatten(helpers.perturbed_params(model))
-  narrowed = param_utils.flatten(model_params.narrow_frozen(param_utils.unflatten(params),
+  params = trees.flatten(helpers.perturbed_params(model))
+  narrowed = trees.flatten(weights.narrow_frozen(trees.unflatten(params),
                                                             "bfloat16"))
   cast = {k for k, v in narrowed.items() if v.dtype == jnp.bfloat16}
   backbone = {k for k in params if (k.endswith("/kernel") and "/lora/" not in k
@@ -185,8 +185,8 @@ def test_narrowed_frozen_names():
   for key in cast:
     np.testing.assert_array_equal(np.asarray(narrowed[key], np.float32),
                                   np.asarray(jnp.asarray(params[key], jnp.bfloat16), np.float32))
-  same = param_utils.unflatten(params)
-  assert model_params.narrow_frozen(same, "float32") is same
+  same = trees.unflatten(params)
+  assert weights.narrow_frozen(same, "float32") is same
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -195,21 +195,21 @@ def test_narrowed_frozen_changes_no_number(name):
   with them in float32, bit for bit: the layers cast them where they read them."""
   model = _model(**METHODS[name])
   params = helpers.perturbed_params(model)
-  trainable, frozen = param_utils.split(params, methods.TRAINABLE_PARAMS)
-  narrowed = model_params.narrow_frozen(frozen, "bfloat16")
+  trainable, frozen = trees.split(params, methods.TRAINABLE_PARAMS)
+  narrowed = weights.narrow_frozen(frozen, "bfloat16")
   assert any(v.dtype == jnp.bfloat16 for v in jax.tree_util.tree_leaves(narrowed))
-  want_loss, want_grads = helpers.loss_and_grads(model, param_utils.merge(trainable, frozen))
-  got_loss, got_grads = helpers.loss_and_grads(model, param_utils.merge(trainable, narrowed))
+  want_loss, want_grads = helpers.loss_and_grads(model, trees.merge(trainable, frozen))
+  got_loss, got_grads = helpers.loss_and_grads(model, trees.merge(trainable, narrowed))
   np.testing.assert_array_equal(got_loss, want_loss)
-  for key, g in param_utils.flatten(want_grads).items():
-    np.testing.assert_array_equal(param_utils.flatten(got_grads)[key], g, err_msg=key)
+  for key, g in trees.flatten(want_grads).items():
+    np.testing.assert_array_equal(trees.flatten(got_grads)[key], g, err_msg=key)
 
 
 @cpu_only
 def test_one_example_and_ensembles_decode():
   """A batch of one (pt-infer) and the ensembles' vmaps (per member, per
   example) decode with bf16 products, cached as uncached."""
-  from prompt_tuning import multiprompt  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import multiprompt  # pylint: disable=g-import-not-at-top
   model = _model()
   batch = {k: v[:1] for k, v in helpers.loss_batch().items()}
   one = [np.asarray(model.predict_batch(helpers.perturbed_params(model), batch, max_decode_length=6, cached=c))
@@ -217,12 +217,12 @@ def test_one_example_and_ensembles_decode():
   np.testing.assert_array_equal(one[0], one[1])
   members = []
   for seed in (4, 5):
-    params = model_params.init_random(model, jax.random.PRNGKey(seed),
-                                      model_params.dummy_batch(1, 9, 5))
+    params = weights.init_random(model, jax.random.PRNGKey(seed),
+                                      weights.dummy_batch(1, 9, 5))
     members.append(params)
   patterns = ["encoder/prompt/.*"]
-  stacked = multiprompt.stack_trees([param_utils.split(p, patterns)[0] for p in members])
-  frozen = model_params.narrow_frozen(param_utils.split(members[0], patterns)[1], "bfloat16")
+  stacked = multiprompt.stack_trees([trees.split(p, patterns)[0] for p in members])
+  frozen = weights.narrow_frozen(trees.split(members[0], patterns)[1], "bfloat16")
   tokens = helpers.loss_batch()["encoder_input_tokens"]
 
   def member(params, cached):

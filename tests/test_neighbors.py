@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path  # pylint: disable=g-bad-import-order
-from prompt_tuning import checkpoints
-from prompt_tuning import neighbors
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.evaluation import neighbors
 
 PROG = "pt-neighbors"
 
@@ -21,7 +21,7 @@ PROG = "pt-neighbors"
 def table():
   """The tiny checkpoint's embedding table [32128, 4] (float32)."""
   path = shared_path("t5x_tiny", "checkpoint_3")
-  params = checkpoints.load_params(path, [neighbors.EMBEDDING_NAME], dtype=np.float32)
+  params = t5x_checkpoints.load_params(path, [neighbors.EMBEDDING_NAME], dtype=np.float32)
   return np.asarray(params["token_embedder"]["embedding"])
 
 
@@ -143,12 +143,12 @@ def _vocab():
 
 def _run_cli(args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "prompt_tuning.neighbors", *args],
+  return subprocess.run([sys.executable, "-m", "prompt_tuning.evaluation.neighbors", *args],
                         capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def test_cli_smop_numpy_checkpoint_folder(table, tmp_path):
-  from prompt_tuning import numpy_checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import numpy_checkpoints  # pylint: disable=g-import-not-at-top
   prompts = np.random.RandomState(3).normal(size=(2, 3, 4)).astype(np.float32)
   folder = numpy_checkpoints.save(str(tmp_path / "run"), 7, {"encoder": {"prompt": {
       "prompt": prompts, "router": {"kernel": np.eye(4, 2, dtype=np.float32)}}}})

@@ -12,11 +12,11 @@ import pytest
 
 from prompt_tuning import configurables
 from prompt_tuning import data
-from prompt_tuning import evaluation
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
-from prompt_tuning import trainer
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
+from prompt_tuning.training import trainer
 
 import helpers  # pylint: disable=g-bad-import-order
 
@@ -96,14 +96,14 @@ def _model(method):
 def _params(model, seed=0):
   """Random frozen and trainable parameters (the trainable ones perturbed, so
   LoRA's zero-initialised matrices count)."""
-  shapes = model_params.dummy_batch(1, 8, 4)
-  params = model_params.init_random(model, jax.random.PRNGKey(seed), shapes)
-  trainable, frozen = param_utils.split(params, trainer.DEFAULT_TRAINABLE + (".*/lora/.*",
+  shapes = weights.dummy_batch(1, 8, 4)
+  params = weights.init_random(model, jax.random.PRNGKey(seed), shapes)
+  trainable, frozen = trees.split(params, trainer.DEFAULT_TRAINABLE + (".*/lora/.*",
                                                                             ".*/prefix/.*"))
   leaves, tree = jax.tree_util.tree_flatten(trainable)
   keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
   leaves = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  return param_utils.merge(jax.tree_util.tree_unflatten(tree, leaves), frozen)
+  return trees.merge(jax.tree_util.tree_unflatten(tree, leaves), frozen)
 
 
 def _batch(seed=0, rows=4):
@@ -138,7 +138,7 @@ def _outputs(model, params, batch):
   return {"loss": per_example_loss(batch),
           "batch_loss": model.loss_fn(params, batch)[0],
           "score": model.score_batch(params, batch),
-          "rank": evaluation.make_rank_fn(model, ids)(params, batch),
+          "rank": seqio_eval.make_rank_fn(model, ids)(params, batch),
           "greedy": model.predict_batch(params, batch, max_decode_length=TARGETS)}
 
 
@@ -162,7 +162,7 @@ def test_outputs_do_not_depend_on_the_bucket(method):
 
 
 def test_smop_routes_alike_in_every_bucket():
-  from prompt_tuning import smop  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import smop  # pylint: disable=g-import-not-at-top
   model = _model("smop")
   params = _params(model)
   batch = _batch()

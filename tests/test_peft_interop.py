@@ -17,11 +17,11 @@ import flax.linen as nn
 
 from prompt_tuning import configurables
 from prompt_tuning import methods
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import param_utils
-from prompt_tuning import peft_interop
-from prompt_tuning import safetensors_io
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import trees
+from prompt_tuning.interop import peft
+from prompt_tuning.storage import safetensors_io
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -48,7 +48,7 @@ def build(method_gin, config):
 
 
 def our_scores(model, frozen, flat, input_ids, targets):
-  params = jax.tree_util.tree_map(jnp.asarray, param_utils.unflatten({**frozen, **flat}))
+  params = jax.tree_util.tree_map(jnp.asarray, trees.unflatten({**frozen, **flat}))
   batch = {"encoder_input_tokens": jnp.asarray(input_ids),
            "decoder_input_tokens": jnp.asarray(mhr.shift_right(targets)),
            "decoder_target_tokens": jnp.asarray(targets)}
@@ -69,11 +69,11 @@ def reference():
 def test_imported_adapter_scores_as_peft_does(name, reference, tmp_path):
   frozen, config, arrays = reference
   out = tmp_path / "imported"
-  assert peft_interop.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
+  assert peft.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
   assert numpy_checkpoints.verify(str(out)) is None
-  model = build(out / peft_interop.METHOD_GIN, config)
-  abstract = param_utils.shapes(param_utils.split(
-      nn.unbox(model_params.abstract_params(model, model_params.dummy_batch(1, 4, 2))),
+  model = build(out / peft.METHOD_GIN, config)
+  abstract = trees.shapes(trees.split(
+      nn.unbox(weights.abstract_params(model, weights.dummy_batch(1, 4, 2))),
       methods.TRAINABLE_PARAMS)[0])
   flat = {n: np.load(out / numpy_checkpoints.param_filename(n)) for n in abstract}
   assert {n: v.shape for n, v in flat.items()} == {n: tuple(s) for n, s in abstract.items()}
@@ -93,22 +93,22 @@ def test_export_gives_back_peft_adapter(name, reference, tmp_path):
   unused decoder rows aside)."""
   _, config, _ = reference
   out = tmp_path / "imported"
-  assert peft_interop.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
-  model = build(out / peft_interop.METHOD_GIN, config)
+  assert peft.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
+  model = build(out / peft.METHOD_GIN, config)
   flat = {n: np.load(out / f) for f in os.listdir(out) if f.endswith(".npy")
           for n in [f[:-4].replace(".", "/")]}
   exported = tmp_path / "exported"
-  peft_config, tensors = peft_interop.peft_tensors(model, flat, "tiny-t5")
-  peft_interop.write_adapter(str(exported), peft_config, tensors)
-  theirs_config, theirs = peft_interop.read_adapter(os.path.join(mpr.OUT, name))
-  ours_config, ours = peft_interop.read_adapter(str(exported))
+  peft_config, tensors = peft.peft_tensors(model, flat, "tiny-t5")
+  peft.write_adapter(str(exported), peft_config, tensors)
+  theirs_config, theirs = peft.read_adapter(os.path.join(mpr.OUT, name))
+  ours_config, ours = peft.read_adapter(str(exported))
   assert ours_config["peft_type"] == theirs_config["peft_type"]
   if name == "prompt":
     length = theirs_config["num_virtual_tokens"]
     theirs = {"prompt_embeddings": theirs["prompt_embeddings"][:length]}
-  if name.startswith("prefix"):  # only the blocks PEFT reads (peft_interop.prefix_blocks)
+  if name.startswith("prefix"):  # only the blocks PEFT reads (peft.prefix_blocks)
     dim = theirs_config["token_dim"]
-    read = sorted({j for pair in peft_interop.prefix_blocks(theirs_config["num_layers"])
+    read = sorted({j for pair in peft.prefix_blocks(theirs_config["num_layers"])
                    for j in pair})
     pick = lambda rows: np.concatenate([rows[:, j * dim:(j + 1) * dim] for j in read], 1)
     theirs = {"prompt_embeddings": pick(theirs["prompt_embeddings"])}
@@ -148,7 +148,7 @@ def test_safetensors_round_trip_and_layout(tmp_path):
     assert got[k].dtype == v.dtype
     np.testing.assert_array_equal(got[k], v)
   # PEFT's own file reads back with the values its config describes.
-  peft_tensors, _ = safetensors_io.load(os.path.join(mpr.OUT, "prompt", peft_interop.WEIGHTS_FILE))
+  peft_tensors, _ = safetensors_io.load(os.path.join(mpr.OUT, "prompt", peft.WEIGHTS_FILE))
   assert peft_tensors["prompt_embeddings"].shape == (6, 16)
 
 
@@ -176,28 +176,28 @@ def _write_adapter_copy(tmp_path, name="lora_qv"):
 
 
 def _edit_config(folder, **changes):
-  path = folder / peft_interop.CONFIG_FILE
+  path = folder / peft.CONFIG_FILE
   config = json.loads(path.read_text())
   config.update(changes)
   path.write_text(json.dumps(config))
 
 
 def _drop_tensors(folder, pattern):
-  path = folder / peft_interop.WEIGHTS_FILE
+  path = folder / peft.WEIGHTS_FILE
   tensors, metadata = safetensors_io.load(str(path))
   safetensors_io.save(str(path), {k: v for k, v in tensors.items() if pattern not in k}, metadata)
 
 
 BAD_IMPORTS = {
     "missing folder": (lambda f: shutil.rmtree(f), "is not a folder"),
-    "no config": (lambda f: os.remove(f / peft_interop.CONFIG_FILE), "has no adapter_config.json"),
-    "config not json": (lambda f: (f / peft_interop.CONFIG_FILE).write_text("{r: 2"),
+    "no config": (lambda f: os.remove(f / peft.CONFIG_FILE), "has no adapter_config.json"),
+    "config not json": (lambda f: (f / peft.CONFIG_FILE).write_text("{r: 2"),
                         "is not valid JSON"),
-    "pickle only": (lambda f: (os.rename(f / peft_interop.WEIGHTS_FILE, f / "adapter_model.bin")),
+    "pickle only": (lambda f: (os.rename(f / peft.WEIGHTS_FILE, f / "adapter_model.bin")),
                     "only adapter_model.bin"),
-    "truncated weights": (lambda f: (f / peft_interop.WEIGHTS_FILE).write_bytes(
-        (f / peft_interop.WEIGHTS_FILE).read_bytes()[:-10]), "truncated"),
-    "garbage weights": (lambda f: (f / peft_interop.WEIGHTS_FILE).write_bytes(b"abc"),
+    "truncated weights": (lambda f: (f / peft.WEIGHTS_FILE).write_bytes(
+        (f / peft.WEIGHTS_FILE).read_bytes()[:-10]), "truncated"),
+    "garbage weights": (lambda f: (f / peft.WEIGHTS_FILE).write_bytes(b"abc"),
                         "not a valid safetensors file"),
     "other peft type": (lambda f: _edit_config(f, peft_type="IA3"), "'IA3' is not convertible"),
     "dora": (lambda f: _edit_config(f, use_dora=True), "use_dora = True is not supported"),
@@ -215,7 +215,7 @@ def test_bad_import_is_one_line_and_writes_nothing(case, tmp_path, capsys):
   folder = _write_adapter_copy(tmp_path)
   damage(folder)
   out = tmp_path / "out"
-  assert peft_interop.import_main([str(folder), str(out)]) == 1
+  assert peft.import_main([str(folder), str(out)]) == 1
   err = capsys.readouterr().err.strip()
   assert err.startswith("pt-import-peft: error: ") and "\n" not in err, err
   assert message in err, err
@@ -226,7 +226,7 @@ def test_bad_import_is_one_line_and_writes_nothing(case, tmp_path, capsys):
 def test_import_refuses_prefixes_peft_cannot_run_on_t5(tmp_path, capsys):
   folder = _write_adapter_copy(tmp_path, "prefix")
   _edit_config(folder, num_transformer_submodules=1)
-  assert peft_interop.import_main([str(folder), str(tmp_path / "out")]) == 1
+  assert peft.import_main([str(folder), str(tmp_path / "out")]) == 1
   assert "PEFT runs T5 prefixes only with 2" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
@@ -235,10 +235,10 @@ def test_import_refuses_a_used_out_dir_and_bad_usage(tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
   (out / "keep.txt").write_text("mine")
-  assert peft_interop.import_main([os.path.join(mpr.OUT, "prompt"), str(out)]) == 1
+  assert peft.import_main([os.path.join(mpr.OUT, "prompt"), str(out)]) == 1
   assert "exists and is not an empty folder" in capsys.readouterr().err
   assert sorted(os.listdir(out)) == ["keep.txt"]
-  assert peft_interop.import_main([os.path.join(mpr.OUT, "prompt")]) == 1
+  assert peft.import_main([os.path.join(mpr.OUT, "prompt")]) == 1
   assert "usage: pt-import-peft ADAPTER_DIR OUT_DIR" in capsys.readouterr().err
 
 
@@ -257,18 +257,18 @@ def test_pt_export_peft_of_a_trained_lora_run(tmp_path, frozen_ckpt):
   status, err = _export_in_process([*gin_args, f"--gin.MODEL_DIR='{model_dir}'",
                                     f"--output_dir={export}", "--base_model=tiny"])
   assert status == 0, err
-  config = json.loads((export / peft_interop.CONFIG_FILE).read_text())
+  config = json.loads((export / peft.CONFIG_FILE).read_text())
   assert (config["peft_type"], config["r"], config["target_modules"]) == ("LORA", 2, ["q", "v"])
   assert config["base_model_name_or_path"] == "tiny"
   back = tmp_path / "back"
-  assert peft_interop.import_main([str(export), str(back)]) == 0
+  assert peft.import_main([str(export), str(back)]) == 0
   step = numpy_checkpoints.latest_step(str(model_dir))
   trained = numpy_checkpoints.checkpoint_dir(str(model_dir), step)
   lora_files = sorted(f for f in os.listdir(trained) if ".lora." in f)
   assert lora_files and lora_files == sorted(f for f in os.listdir(back) if f.endswith(".npy"))
   for f in lora_files:
     np.testing.assert_array_equal(np.load(back / f), np.load(os.path.join(trained, f)))
-  assert "LORA_RANK = 2" in (back / peft_interop.METHOD_GIN).read_text()
+  assert "LORA_RANK = 2" in (back / peft.METHOD_GIN).read_text()
 
   # Bad input: one line, nothing written.
   status, err = _export_in_process([*gin_args, f"--gin.MODEL_DIR='{model_dir}'",
@@ -289,8 +289,8 @@ def test_export_refuses_methods_peft_lacks():
   model = configurables.build_model(helpers.TINY_FILES + ["methods/prefix.gin"],
                                     helpers.MODEL_BINDINGS)
   flat = {"decoder/layers_0/self_attention/prefix/key": np.zeros((2, 16), np.float32)}
-  with pytest.raises(peft_interop.PeftError, match="only runs with methods/prefix_peft.gin"):
-    peft_interop.peft_tensors(model, flat)
+  with pytest.raises(peft.PeftError, match="only runs with methods/prefix_peft.gin"):
+    peft.peft_tensors(model, flat)
   # PEFT's cache layout ties decoder layers i and i + L/2: untied prefixes cannot export.
   peft_model = configurables.build_model(helpers.TINY_FILES + ["methods/prefix_peft.gin"],
                                          helpers.MODEL_BINDINGS + ["PREFIX_LENGTH = 2"])
@@ -298,16 +298,16 @@ def test_export_refuses_methods_peft_lacks():
   rng = np.random.RandomState(0)
   untied = {f"decoder/layers_{i}/self_attention/prefix/{kv}": rng.randn(2, 16).astype("f4")
             for i in range(layers) for kv in ("key", "value")}
-  with pytest.raises(peft_interop.PeftError, match="one prefix"):
-    peft_interop.peft_tensors(peft_model, untied)
+  with pytest.raises(peft.PeftError, match="one prefix"):
+    peft.peft_tensors(peft_model, untied)
   tied = {k: untied[k.replace(f"layers_{i}/", f"layers_{i % (layers // 2)}/")]
           for k in untied for i in [int(k.split("/")[1].split("_")[1])]}
-  config, tensors = peft_interop.peft_tensors(peft_model, tied)
+  config, tensors = peft.peft_tensors(peft_model, tied)
   assert tensors["prompt_embeddings"].shape == (2, 2 * layers * 16)
-  with pytest.raises(peft_interop.PeftError, match="holds one method"):
-    peft_interop.peft_tensors(model, {**flat, "encoder/prompt/prompt": np.zeros((2, 32))})
-  with pytest.raises(peft_interop.PeftError, match="PEFT has no equivalent"):
-    peft_interop.peft_tensors(model, {"encoder/layers_0/mlp_adapter/up": np.zeros((2, 32))})
+  with pytest.raises(peft.PeftError, match="holds one method"):
+    peft.peft_tensors(model, {**flat, "encoder/prompt/prompt": np.zeros((2, 32))})
+  with pytest.raises(peft.PeftError, match="PEFT has no equivalent"):
+    peft.peft_tensors(model, {"encoder/layers_0/mlp_adapter/up": np.zeros((2, 32))})
 
 
 def _export_in_process(args):
@@ -322,7 +322,7 @@ def _export_in_process(args):
   try:
     with contextlib.redirect_stderr(err):
       try:
-        peft_interop.export_console_main()
+        peft.export_console_main()
         status = 0
       except SystemExit as e:
         status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

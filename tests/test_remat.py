@@ -14,9 +14,9 @@ import pytest
 import conftest  # pylint: disable=g-bad-import-order
 import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import gin_utils
-from prompt_tuning import model_params
-from prompt_tuning import param_utils
-from prompt_tuning import t5
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.model import t5
 
 from remat_worker import TINY  # pylint: disable=g-bad-import-order
 from remat_worker import model as _model  # pylint: disable=g-bad-import-order
@@ -35,7 +35,7 @@ def computed(tmp_path_factory):
                           env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   arrays = dict(np.load(out))
-  params = param_utils.unflatten({k[len("params/"):]: v for k, v in arrays.items()
+  params = trees.unflatten({k[len("params/"):]: v for k, v in arrays.items()
                                   if k.startswith("params/")})
   by_policy = {}
   for key, value in arrays.items():
@@ -52,10 +52,10 @@ def test_same_params_loss_and_gradients(policy, computed):
   params, by_policy = computed
   loss, grads = by_policy["none"]
   model = _model(policy)
-  shapes = nn.unbox(model_params.abstract_params(model, model_params.dummy_batch(1, 9, 5)))
-  flat = param_utils.flatten(shapes)
+  shapes = nn.unbox(weights.abstract_params(model, weights.dummy_batch(1, 9, 5)))
+  flat = trees.flatten(shapes)
   assert {k: v.shape for k, v in flat.items()} == {
-      k: v.shape for k, v in param_utils.flatten(params).items()}
+      k: v.shape for k, v in trees.flatten(params).items()}
   assert "encoder/layers_0/attention/query/kernel" in flat
   assert "decoder/layers_1/mlp/wi_0/kernel" in flat
   remat_loss, remat_grads = by_policy[policy]
@@ -73,8 +73,8 @@ def test_remat_is_really_applied():
   batch = helpers.loss_batch()
   for policy, expected in (("none", False), ("layer", True), ("matmuls", True)):
     model = _model(policy)
-    params = model_params.init_random(model, jax.random.PRNGKey(0),
-                                      model_params.dummy_batch(1, 9, 5))
+    params = weights.init_random(model, jax.random.PRNGKey(0),
+                                      weights.dummy_batch(1, 9, 5))
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: model.loss_fn(p, batch)[0]))(params))
     assert ("remat" in jaxpr or "checkpoint" in jaxpr) == expected, policy
 

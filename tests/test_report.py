@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import report
-from prompt_tuning import summaries
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.sweep import report
+from prompt_tuning.training import summaries
 
 TASK = "taskless_super_glue_rte_v102"
 GIN_FILES = ("prompts/random_uniform.gin", "prompts/class_labels.gin")

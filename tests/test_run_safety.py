@@ -14,7 +14,7 @@ import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
 from test_cli import assert_one_line_error, train_args  # pylint: disable=g-bad-import-order
-from prompt_tuning import run_lock
+from prompt_tuning.storage import run_lock
 
 PROMPT = "encoder.prompt.prompt.npy"
 

@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables  # pylint: disable=unused-import  (gin names)
-from prompt_tuning import evaluation
+from prompt_tuning.evaluation import seqio_eval
 from prompt_tuning import gin_utils
-from prompt_tuning import model_params
-from prompt_tuning import param_utils
-from prompt_tuning import smop
-from prompt_tuning import summaries
-from prompt_tuning import trainer
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.methods import smop
+from prompt_tuning.training import summaries
+from prompt_tuning.training import trainer
 
 import helpers  # pylint: disable=g-bad-import-order
 
@@ -48,15 +48,15 @@ def build_smop_model(bindings=()):
 def plain():
   """(plain prompt model, its params, its frozen params): the frozen part fits SMoP too."""
   model = helpers.build_model(SMALL)
-  params = model_params.init_random(model, jax.random.PRNGKey(0), model_params.dummy_batch(1, 8, 4))
-  return model, params, param_utils.split(params, trainer.DEFAULT_TRAINABLE)[1]
+  params = weights.init_random(model, jax.random.PRNGKey(0), weights.dummy_batch(1, 8, 4))
+  return model, params, trees.split(params, trainer.DEFAULT_TRAINABLE)[1]
 
 
 def smop_params(model, frozen, seed=0):
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(seed),
-                                          model_params.dummy_batch(1, 8, 4),
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(seed),
+                                          weights.dummy_batch(1, 8, 4),
                                           trainer.DEFAULT_TRAINABLE)
-  return trainable, param_utils.merge(trainable, frozen)
+  return trainable, trees.merge(trainable, frozen)
 
 
 def tokens_batch(seed=0, batch_size=4):
@@ -102,7 +102,7 @@ def test_top1_routing_and_probability_scaling():
   np.testing.assert_array_equal(sown["routing_fraction"][0], [0.5, 0.5, 0.0])
   assert summaries.intermediate_metrics(state["intermediates"]) == {
       "routing/prompt_0": 0.5, "routing/prompt_1": 0.5, "routing/prompt_2": 0.0}
-  # Evaluation is deterministic; training without noise is evaluation.
+  # Evaluation is deterministic; training without noise is seqio_eval.
   again = module.apply({"params": params}, tokens, embedded, mask)[0]
   np.testing.assert_array_equal(again, out)
   quiet = smop.SMoP(num_prompts=3, length=2, init=nn.initializers.zeros, noise_std=0.0)
@@ -148,14 +148,14 @@ def test_gradients_reach_the_router_and_the_chosen_prompts_only():
 def test_model_gradients_and_sown_routing(plain):
   model = build_smop_model()
   trainable, _ = smop_params(model, plain[2])
-  assert param_utils.shapes(trainable) == {"encoder/prompt/prompt": (4, 6, 32),
+  assert trees.shapes(trainable) == {"encoder/prompt/prompt": (4, 6, 32),
                                            "encoder/prompt/router/kernel": (32, 4)}
   batch = tokens_batch(batch_size=2)
   (_, (_, sown)), grads = jax.jit(jax.value_and_grad(
-      lambda tr: model.loss_fn(param_utils.merge(tr, plain[2]), batch, jax.random.PRNGKey(1)),
+      lambda tr: model.loss_fn(trees.merge(tr, plain[2]), batch, jax.random.PRNGKey(1)),
       has_aux=True))(trainable)
   chosen = set(np.asarray(sown["encoder"]["prompt"]["routing_index"][0]).tolist())
-  grad = param_utils.flatten(grads)
+  grad = trees.flatten(grads)
   for i in range(4):
     assert (np.abs(grad["encoder/prompt/prompt"][i]).max() > 0) == (i in chosen)
   assert np.abs(grad["encoder/prompt/router/kernel"]).max() > 0
@@ -169,7 +169,7 @@ def test_one_prompt_is_plain_prompt_tuning(plain):
   mixture = build_smop_model(["SMOP_NUM_PROMPTS = 1"])
   prompt = params["encoder"]["prompt"]["prompt"]
   router = jax.random.normal(jax.random.PRNGKey(2), (32, 1))
-  single = param_utils.merge({"encoder": {"prompt": {"prompt": prompt[None],
+  single = trees.merge({"encoder": {"prompt": {"prompt": prompt[None],
                                                      "router": {"kernel": router}}}}, frozen)
   batch = tokens_batch()
 
@@ -186,7 +186,7 @@ def test_routing_fractions_skip_padding_rows(plain):
   batch = tokens_batch(batch_size=8)
   index = np.asarray(smop.routing_index(model.module, params, batch["encoder_input_tokens"]))
   # Two batches: all 8 rows, then a padded one whose first 3 rows are real
-  # (index -1 marks padding, as evaluation.batches yields it).
+  # (index -1 marks padding, as seqio_eval.batches yields it).
   padded_index = np.array([0, 1, 2, -1, -1, -1, -1, -1])
   got = smop.routing_fractions(model, params, [batch, (padded_index, batch)])
   want = np.bincount(np.concatenate([index, index[:3]]), minlength=4) / 11
@@ -199,9 +199,9 @@ def test_routing_fractions_skip_padding_rows(plain):
 
 def test_smop_trains_checkpoints_resumes_and_evaluates(tmp_path):
   model = helpers.build_model(SMALL)
-  frozen = param_utils.split(model_params.init_random(
-      model, jax.random.PRNGKey(0), model_params.dummy_batch(1, 8, 4)), ["encoder/prompt/.*"])[1]
-  frozen_ckpt = checkpoints.save_checkpoint(str(tmp_path / "frozen"), jax.device_get(frozen), 0)
+  frozen = trees.split(weights.init_random(
+      model, jax.random.PRNGKey(0), weights.dummy_batch(1, 8, 4)), ["encoder/prompt/.*"])[1]
+  frozen_ckpt = t5x_checkpoints.save_checkpoint(str(tmp_path / "frozen"), jax.device_get(frozen), 0)
   files = ("prompts/smop.gin", "prompts/sampled_vocab.gin", "runs/prompt_finetune.gin")
   common = SMALL + [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'", "CHECKPOINT_PERIOD = 2",
                     "EVAL_PERIOD = None", "LOG_PERIOD = 1", "DROPOUT_RATE = 0.1", "TRAIN_STEPS = 4"]
@@ -219,7 +219,7 @@ def test_smop_trains_checkpoints_resumes_and_evaluates(tmp_path):
   final = np.load(full / "numpy_checkpoints" / "checkpoint_4" / names[0])
   assert initial.shape == (4, 6, 32) and not np.array_equal(initial, final)
   # The initial prompts are rows of the frozen embedding table (sampled vocab).
-  table = checkpoints.load_params(frozen_ckpt, ["token_embedder/embedding"])
+  table = t5x_checkpoints.load_params(frozen_ckpt, ["token_embedder/embedding"])
   table = np.asarray(table["token_embedder"]["embedding"], np.float32)
   for row in initial.reshape(-1, 32):
     assert np.any(np.all(table == row, axis=-1))
@@ -234,7 +234,7 @@ def test_smop_trains_checkpoints_resumes_and_evaluates(tmp_path):
                                            f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
                                            f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"])
   try:
-    result = evaluation.evaluate()
+    result = seqio_eval.evaluate()
   finally:
     gin.clear_config()
   metrics = result["demo_last_word"]

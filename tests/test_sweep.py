@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import sweep
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.sweep import main as sweep
 
 FILES = helpers.TINY_FILES + ["runs/prompt_finetune.gin"]
 BASE = (["--gin_file=" + f for f in FILES]
@@ -224,10 +224,10 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 def test_report_subcommand_is_dispatched(monkeypatch):
   calls = []
-  fake = type(sys)("prompt_tuning.report")
+  fake = type(sys)("prompt_tuning.sweep.report")
   fake.console_main = lambda argv: calls.append(argv) or 3
-  monkeypatch.setitem(sys.modules, "prompt_tuning.report", fake)
-  monkeypatch.setattr("prompt_tuning.report", fake, raising=False)
+  monkeypatch.setitem(sys.modules, "prompt_tuning.sweep.report", fake)
+  monkeypatch.setattr("prompt_tuning.sweep.report", fake, raising=False)
   monkeypatch.setattr(sys, "argv", ["pt-sweep", "report", "/runs/a", "--noplots"])
   with pytest.raises(SystemExit) as exit_info:
     sweep.console_main()
@@ -237,7 +237,7 @@ def test_report_subcommand_is_dispatched(monkeypatch):
 def test_parent_never_starts_a_jax_backend(tmp_path):
   """Validation imports the library (and JAX) but must leave the accelerators
   to the points: on a TPU VM a backend here would hold every chip."""
-  probe = ("import sys; from prompt_tuning import sweep; from jax._src import xla_bridge;"
+  probe = ("import sys; from prompt_tuning.sweep import main as sweep; from jax._src import xla_bridge;"
            f"status = sweep.main(['pt-sweep', *{BASE!r}, '--sweep=PROMPT_LENGTH=[1, 2]',"
            f" '--sweep_dir={tmp_path}', '--dry_run']);"
            "started = getattr(xla_bridge, 'backends_are_initialized',"

@@ -10,11 +10,11 @@ import optax
 import pytest
 
 from prompt_tuning import data
-from prompt_tuning import model_params
-from prompt_tuning import numpy_checkpoints
-from prompt_tuning import optimizers
-from prompt_tuning import param_utils
-from prompt_tuning import trainer
+from prompt_tuning.model import weights
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.training import optimizers
+from prompt_tuning.storage import trees
+from prompt_tuning.training import trainer
 
 import conftest  # pylint: disable=g-bad-import-order
 import helpers  # pylint: disable=g-bad-import-order
@@ -33,17 +33,18 @@ def _pretrain(folder):
 
 def test_only_prompt_changes_and_loss_falls(tmp_path_factory):
   """On a frozen model that knows 'last:', a prompt learns to replace it."""
-  from prompt_tuning import checkpoints, demo  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.storage import t5x_checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import demo  # pylint: disable=g-import-not-at-top
   import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
   model = demo.demo_model()
   folder = conftest.shared_dir(tmp_path_factory, "demo_pretrained_300", _pretrain)
-  frozen = jax.tree_util.tree_map(jnp.asarray, checkpoints.load_params(folder / "checkpoint_300"))
+  frozen = jax.tree_util.tree_map(jnp.asarray, t5x_checkpoints.load_params(folder / "checkpoint_300"))
   ds = data.get_dataset("demo_last_word", {"inputs": 32, "targets": 8}, "train", 32, seed=0)
   batches = list(ds.take(60).as_numpy_iterator())
   shapes = {k: jnp.asarray(v[:1]) for k, v in batches[0].items()}
-  trainable = model_params.init_trainable(model, jax.random.PRNGKey(0), shapes,
+  trainable = weights.init_trainable(model, jax.random.PRNGKey(0), shapes,
                                           trainer.DEFAULT_TRAINABLE)
-  assert list(param_utils.flatten(trainable)) == ["encoder/prompt/prompt"]
+  assert list(trees.flatten(trainable)) == ["encoder/prompt/prompt"]
   frozen_before = jax.tree_util.tree_map(np.array, frozen)
   tx = optimizers.adafactor()
   opt_state = tx.init(trainable)
@@ -56,19 +57,19 @@ def test_only_prompt_changes_and_loss_falls(tmp_path_factory):
                                          jax.random.PRNGKey(1))
     losses.append(float(metrics["cross_ent_loss_per_token"]))
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
-  for name, before in param_utils.flatten(frozen_before).items():
-    np.testing.assert_array_equal(np.asarray(param_utils.flatten(frozen)[name]), before)
+  for name, before in trees.flatten(frozen_before).items():
+    np.testing.assert_array_equal(np.asarray(trees.flatten(frozen)[name]), before)
 
 
 def test_frozen_weights_get_no_gradient_computation():
   """The jitted step's gradient output covers exactly the trainable subtree."""
   model = helpers.build_model(["DROPOUT_RATE = 0.0"])
-  batch = model_params.dummy_batch(2, 8, 4)
-  params = model_params.init_random(model, jax.random.PRNGKey(0), batch)
-  trainable, frozen = param_utils.split(params, trainer.DEFAULT_TRAINABLE)
-  grads = jax.jit(jax.grad(lambda tr: model.loss_fn(param_utils.merge(tr, frozen), batch)[0]))(
+  batch = weights.dummy_batch(2, 8, 4)
+  params = weights.init_random(model, jax.random.PRNGKey(0), batch)
+  trainable, frozen = trees.split(params, trainer.DEFAULT_TRAINABLE)
+  grads = jax.jit(jax.grad(lambda tr: model.loss_fn(trees.merge(tr, frozen), batch)[0]))(
       trainable)
-  assert param_utils.shapes(grads) == {"encoder/prompt/prompt": (6, 32)}
+  assert trees.shapes(grads) == {"encoder/prompt/prompt": (6, 32)}
   assert float(optax.global_norm(grads)) > 0
 
 

@@ -350,7 +350,7 @@ def test_train_stream_position_is_saved_and_restored(tmp_path, configured):
   tf.data iterator's checkpoint) covers the QA tasks: a restored iterator
   continues the shuffled, repeated stream where it stopped, replaying nothing."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import data_state  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import data_state  # pylint: disable=g-import-not-at-top
   (tmp_path / "train-v1.1.json").write_text(json.dumps(SQUAD_DEV))
   registration.configure(vocabulary=configured, squad_data_dir=str(tmp_path))
 

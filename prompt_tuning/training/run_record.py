@@ -1,0 +1,158 @@
+"""`run.json`: a machine-readable record of a run, written at its start beside
+`config.gin` (config.gin is for gin; this is for tools such as `pt-sweep
+report`).
+
+    {"version": 1, "macros": {every gin macro: its value}, "gin_files": [...],
+     "gin_bindings": [...], "random_seed": 0, "package_version": "0.1.0",
+     "jax_version": ..., "platform": "cpu", "device_kind": "cpu",
+     "device_count": 8, "process_count": 2, "mixture_or_task_name": ...,
+     "train_steps": 300, "batch_size": 32, "data_shards": 8,
+     "start_time": "2026-11-24T10:00:00+00:00"}
+
+Macro values are JSON where they can be (numbers, strings, booleans, null,
+lists, dicts) and gin's own text otherwise (`@models.EncoderDecoderModel()`).
+`bindings` holds every binding of the operative config as gin text
+(`{"PROMPT_LENGTH": "6", "optimizers.adafactor.learning_rate": "0.3",
+"trainer.train.batch_size": "%BATCH_SIZE", ...}`):
+what a resume is compared against (`changes`). A resume keeps the first
+record and appends `{"step", "time", "changed"}` to its `resumes`.
+"""
+import datetime
+import importlib.metadata
+import json
+import os
+
+from absl import flags
+import gin
+import gin.config
+import jax
+
+from prompt_tuning.storage import file_utils
+from prompt_tuning import gin_utils
+
+FILENAME = "run.json"
+VERSION = 1
+
+
+def _jsonable(value):
+  try:
+    json.dumps(value)
+    return value
+  except (TypeError, ValueError):
+    return gin.config._format_value(value)  # pylint: disable=protected-access
+
+
+def macro_values() -> dict:
+  """{MACRO: value} for every macro of the parsed gin config."""
+  return {name: _jsonable(gin.query_parameter(f"%{name}"))
+          for name in sorted(gin_utils.defined_macros())}
+
+
+def bindings() -> dict:
+  """{'MACRO' or 'selector.param': gin text} for every binding of the parsed config."""
+  out = {}
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for param, value in params.items():
+      if selector == "gin.macro":
+        key = scope
+      else:
+        key = f"{selector.removeprefix('prompt_tuning.')}.{param}"
+        key = f"{scope}/{key}" if scope else key
+      out[key] = gin.config._format_value(value)  # pylint: disable=protected-access
+  return dict(sorted(out.items()))
+
+
+# Settings a run may change when resumed: they do not change what it trains.
+# (TRAIN_STEPS may change too, but not below the steps already done.)
+RESUMABLE = frozenset([
+    "TRAIN_STEPS", "EVAL_PERIOD", "LOG_PERIOD", "CHECKPOINT_PERIOD", "KEEP_CHECKPOINTS",
+    "EVAL_DECODING", "USE_CACHED_TASKS", "MIXTURE_OR_TASK_MODULE", "SUPERGLUE_DATA_DIR",
+    "SQUAD_DATA_DIR", "MRQA_DATA_DIR",
+    "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions",
+    # How batches are padded, what the backward pass recomputes and how greedy
+    # decoding runs change float rounding, memory and speed, not what trains.
+    "PADDING", "PADDING_BUCKETS", "data.configured_padding.mode",
+    "data.configured_padding.buckets", "REMAT_POLICY", "t5.T5Config.remat_policy",
+    "models.EncoderDecoderModel.cached_decoding"] + [
+        f"trainer.train.{param}" for param in (
+            "train_steps", "eval_period", "log_period", "checkpoint_period", "keep_checkpoints",
+            "eval_decoding", "eval_split", "eval_batch_size", "use_cached_tasks",
+            "mixture_or_task_module", "superglue_data_dir", "squad_data_dir", "mrqa_data_dir",
+            "model_dir", "stop_after_step")])
+
+
+def changes(previous: dict, current: dict) -> tuple:
+  """(meaningful, harmless): {name: (old, new)} between two records' bindings.
+
+  A binding present in one only counts as changed from/to `None`.
+  """
+  old, new = previous.get("bindings", {}), current.get("bindings", {})
+  diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)}
+  meaningful = {k: v for k, v in diff.items() if k not in RESUMABLE}
+  harmless = {k: v for k, v in diff.items() if k in RESUMABLE}
+  return meaningful, harmless
+
+
+def resumed(previous: dict, current: dict, step: int, harmless: dict) -> dict:
+  """The record of a resumed run: the first one, plus this resume."""
+  out = dict(previous)
+  out["resumes"] = list(previous.get("resumes", [])) + [{
+      "step": step, "time": current["start_time"],
+      "changed": {k: list(v) for k, v in harmless.items()}}]
+  for key in ("macros", "bindings", "train_steps", "gin_files", "gin_bindings",
+              "package_version", "jax_version", "platform", "device_kind", "device_count",
+              "process_count", "data_shards"):
+    out[key] = current[key]  # what the run now continues with
+  return out
+
+
+def _command_line():
+  """The gin files and bindings of the command line (empty when not run from one)."""
+  if not flags.FLAGS.is_parsed() or "gin_file" not in flags.FLAGS:
+    return [], []
+  return list(flags.FLAGS.gin_file), list(flags.FLAGS.gin_bindings)
+
+
+def _package_version():
+  try:
+    return importlib.metadata.version("prompt-tuning-jax")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_shards) -> dict:
+  gin_files, gin_bindings = _command_line()
+  devices = jax.devices()
+  return {
+      "version": VERSION,
+      "macros": macro_values(),
+      "bindings": bindings(),
+      "gin_files": gin_files,
+      "gin_bindings": gin_bindings,
+      "random_seed": random_seed,
+      "package_version": _package_version(),
+      "jax_version": jax.__version__,
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "process_count": jax.process_count(),
+      "mixture_or_task_name": mixture_or_task_name,
+      "train_steps": train_steps,
+      "batch_size": batch_size,
+      "data_shards": data_shards,
+      "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def write(model_dir: str, record: dict) -> None:
+  file_utils.write_text_atomic(os.path.join(model_dir, FILENAME),
+                               json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def read(model_dir: str):
+  """The record of a run folder, or None when it has none."""
+  path = os.path.join(model_dir, FILENAME)
+  if not file_utils.exists(path):
+    return None
+  return json.loads(file_utils.read_bytes(path).decode("utf-8"))
