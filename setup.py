@@ -53,10 +53,10 @@ setuptools.setup(
             "pt-train=prompt_tuning.train:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-sweep=prompt_tuning.sweep.main:console_main",
-            "pt-neighbors=prompt_tuning.evaluation.neighbors:console_main",
+            "pt-neighbors=prompt_tuning.neighbors:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
-            "pt-import-peft=prompt_tuning.interop.peft:import_console_main",
-            "pt-export-peft=prompt_tuning.interop.peft:export_console_main",
+            "pt-import-peft=prompt_tuning.peft_commands:import_console_main",
+            "pt-export-peft=prompt_tuning.peft_commands:export_console_main",
         ]
     },
 )

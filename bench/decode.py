@@ -27,10 +27,10 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from prompt_tuning.methods import initializers  # pylint: disable=g-import-not-at-top,wrong-import-order
-from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
-from prompt_tuning.model import encoder_decoder  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import prompts  # pylint: disable=g-import-not-at-top
+from prompt_tuning.model import encoder_decoder  # pylint: disable=g-import-not-at-top
 from prompt_tuning.model import t5  # pylint: disable=g-import-not-at-top
+from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
 
 
 def main(argv=None):

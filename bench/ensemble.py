@@ -39,13 +39,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import seqio_eval
-from prompt_tuning.model import weights
-from prompt_tuning.storage import trees
 from prompt_tuning.model import partitioning
+from prompt_tuning.model import weights
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.storage import trees
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FILES = ["models/t5_1_1_small_prompt.gin", "models/sizes/tiny.gin"]

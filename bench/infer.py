@@ -10,7 +10,7 @@ and `demo_pretrain` (greedy decoding) and `bench_class` (registered here:
 labels x, y, z, rank classification), `--per_task` validation examples of each,
 BATCH_SIZE 32:
 
-- `warm`: one `infer.Predictor` (every task's prompt in its table) after a
+- `warm`: one `predict.Predictor` (every task's prompt in its table) after a
   first untimed pass compiled it: the examples interleaved (every batch mixes
   the tasks) against the same examples grouped by task (one `predict` per task:
   batches of one task, the last one of each task partly empty);
@@ -35,12 +35,12 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
-from prompt_tuning import infer
-from prompt_tuning.model import weights
-from prompt_tuning.storage import trees
+from prompt_tuning.evaluation import predict
 from prompt_tuning.model import partitioning
+from prompt_tuning.model import weights
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.storage import trees
 from prompt_tuning.tasks import demo  # pylint: disable=unused-import  (registers demo_*)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -116,9 +116,9 @@ def warm_mode(ckpt, prompt_files, inputs, repeats=3):
   batch = weights.dummy_batch(1, 8, 4)
   abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
                                ["encoder/prompt/.*"])[0]
-  infer_model, table = infer.load_prompts(model, abstract, prompt_files)
+  infer_model, table = predict.load_prompts(model, abstract, prompt_files)
   frozen = weights.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
-  predictor = infer.Predictor(infer_model, frozen, table, LENGTHS, 32, mesh)
+  predictor = predict.Predictor(infer_model, frozen, table, LENGTHS, 32, mesh)
   mixed = interleave(inputs)
   grouped = {t: [{"task": t, "inputs": x} for x in rows] for t, rows in inputs.items()}
   predictor.predict(mixed)  # compiles

@@ -94,15 +94,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.methods import initializers
-from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning.model import weights
-from prompt_tuning.model import encoder_decoder
-from prompt_tuning.training import optimizers
-from prompt_tuning.storage import trees
+from prompt_tuning.methods import initializers
 from prompt_tuning.methods import prompts
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.model import layers
 from prompt_tuning.model import t5
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+from prompt_tuning.training import optimizers
 from prompt_tuning.training import trainer
 
 VOCAB_SIZE = 32128

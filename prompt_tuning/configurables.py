@@ -4,14 +4,14 @@ the names the files in gin/ use. Imported by pt-train and pt-eval."""
 import gin
 import seqio
 
-from prompt_tuning.methods import initializers  # pylint: disable=unused-import  (gin-configurable)
 from prompt_tuning import methods
-from prompt_tuning.model import encoder_decoder
-from prompt_tuning.training import optimizers  # pylint: disable=unused-import
-from prompt_tuning.model import partitioning  # pylint: disable=unused-import
+from prompt_tuning.methods import initializers  # pylint: disable=unused-import  (gin-configurable)
 from prompt_tuning.methods import prompts
 from prompt_tuning.methods import smop
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.model import partitioning  # pylint: disable=unused-import
 from prompt_tuning.model import t5
+from prompt_tuning.training import optimizers  # pylint: disable=unused-import
 
 gin.external_configurable(t5.T5Config, module="t5")
 gin.external_configurable(t5.Transformer, module="t5")
@@ -25,8 +25,9 @@ gin.external_configurable(encoder_decoder.EncoderDecoderModel, module="models")
 gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")
 gin.external_configurable(seqio.ByteVocabulary, module="seqio")
 
-# The programs' own entry points (`train`, `evaluate`) are gin-configurable too.
-from prompt_tuning.evaluation import seqio_eval as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+# The programs' jobs (`train`, `evaluate`, `infer`) are gin-configurable too.
+from prompt_tuning.evaluation import job as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+from prompt_tuning.evaluation import predict as _infer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
 from prompt_tuning.training import trainer as _trainer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
 
 

@@ -4,7 +4,8 @@ The frozen model comes from CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH); the
 prompt from PROMPT_FILE (a .npy, or a numpy checkpoint folder holding every
 trainable parameter) or else the latest numpy checkpoint in MODEL_DIR.
 Results: EVAL_OUTPUT_DIR (default MODEL_DIR/inference_eval) via seqio's
-JSONLogger and TensorBoardLogger. The job itself is `seqio_eval.evaluate`.
+JSONLogger and TensorBoardLogger. The job is
+prompt_tuning.evaluation.job.evaluate; the library, prompt_tuning.evaluation.seqio_eval.
 PROMPT_FILES (a list of prompts) evaluates them as an ensemble in one batched
 pass: each member's results and the majority vote's (`prompt_tuning.evaluation.ensemble`).
 
@@ -15,8 +16,8 @@ from prompt_tuning import cli
 
 
 def main():
-  from prompt_tuning.evaluation import seqio_eval  # pylint: disable=g-import-not-at-top
-  seqio_eval.evaluate()
+  from prompt_tuning.evaluation import job  # pylint: disable=g-import-not-at-top
+  job.evaluate()
 
 
 def console_main():

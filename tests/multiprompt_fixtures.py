@@ -13,13 +13,16 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.evaluation import job as eval_job
 from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import trained
 from prompt_tuning import gin_utils
+from prompt_tuning.methods import sites
+from prompt_tuning.model import partitioning
 from prompt_tuning.model import weights
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
-from prompt_tuning.model import partitioning
 from prompt_tuning.tasks import demo
 from prompt_tuning.tasks import labels
 
@@ -88,17 +91,17 @@ def frozen_model(directory):
 
 def abstract_trainable(model):
   return trees.split(nn.unbox(weights.abstract_params(
-      model, weights.dummy_batch(1, 8, 4))), seqio_eval.DEFAULT_TRAINABLE)[0]
+      model, weights.dummy_batch(1, 8, 4))), sites.DEFAULT_TRAINABLE)[0]
 
 
 def evaluate(ckpt, out, bindings, files=()):
-  """pt-eval's job (seqio_eval.evaluate) on the tiny model, through gin."""
+  """pt-eval's job (prompt_tuning.evaluation.job.evaluate) on the tiny model, through gin."""
   gin.clear_config()
   gin_utils.parse(helpers.TINY_FILES + list(files) + ["runs/prompt_eval.gin"],
                   helpers.TINY_BINDINGS + [f"CHECKPOINT_PATH = '{ckpt}'",
                                            f"EVAL_OUTPUT_DIR = '{out}'"] + list(bindings))
   try:
-    return seqio_eval.evaluate()
+    return eval_job.evaluate()
   finally:
     gin.clear_config()
 
@@ -149,15 +152,15 @@ def shared_runs(tmp_path_factory):
                                         16, False, mesh)
   abstract = abstract_trainable(model)
   for path, single in zip(members, singles):
-    evaluator._loggers = (seqio.JSONLogger(str(single)),)  # pylint: disable=protected-access
-    trainable, step, _ = seqio_eval.load_trainable(abstract, path, None)
-    seqio_eval.run(evaluator, model, trees.merge(trainable, frozen), step, 16, mesh)
+    trainable, step, _ = trained.load_trainable(abstract, path, None)
+    with evaluator.loggers.writing_to(str(single)):
+      seqio_eval.run(evaluator, model, trees.merge(trainable, frozen), step, 16, mesh)
   short = root / "short.npy"
   np.save(short, np.random.RandomState(9).uniform(-0.5, 0.5, (4, 32)).astype("f4"))
   short_model = helpers.build_model(SMALL + ["PROMPT_LENGTH = 4"])
   short_evaluator = seqio_eval.make_evaluator(short_model, "mp_class", LENGTHS, "validation",
                                               str(root / "short_eval"), 16, False, mesh)
-  trainable, _, _ = seqio_eval.load_trainable(abstract_trainable(short_model), str(short), None)
+  trainable, _, _ = trained.load_trainable(abstract_trainable(short_model), str(short), None)
   seqio_eval.run(short_evaluator, short_model, trees.merge(trainable, frozen), 0, 16,
                  mesh)
   _SHARED[key] = types.SimpleNamespace(root=root, ckpt=ckpt, model=model, frozen=frozen,

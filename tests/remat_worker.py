@@ -10,10 +10,10 @@ import numpy as np
 
 import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import methods
-from prompt_tuning.model import encoder_decoder
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import prompts
+from prompt_tuning.model import encoder_decoder
 from prompt_tuning.model import t5
+from prompt_tuning.storage import trees
 
 TINY = helpers.tiny_config(dropout_rate=0.1, remat_policy="none")
 SITES = methods.Methods(lora=methods.LoRAMethod(rank=2),

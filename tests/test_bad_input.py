@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import cli
-from prompt_tuning.storage import file_utils
 from prompt_tuning.model import weights
+from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
 from prompt_tuning.tasks import superglue_jsonl
 

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from prompt_tuning.storage import t5x_checkpoints
-from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import trained
 from prompt_tuning.storage import numpy_checkpoints as nc
+from prompt_tuning.storage import t5x_checkpoints
 
 import helpers  # pylint: disable=g-bad-import-order
 
@@ -326,7 +326,7 @@ def test_pt_eval_damaged_npy_beside_checksums(runs, tmp_path):
   latest = nc.checkpoint_dir(str(_copy_run(runs, tmp_path)), 4)
   flip_two_bits(latest)
   with pytest.raises(nc.CheckpointDamagedError, match=f"{PROMPT_FILE} does not match"):
-    seqio_eval.load_trainable(_abstract_trainable(), os.path.join(latest, PROMPT_FILE), None)
+    trained.load_trainable(_abstract_trainable(), os.path.join(latest, PROMPT_FILE), None)
 
 
 def test_pt_eval_model_dir_uses_newest_intact_and_moves_nothing(runs, tmp_path, caplog):
@@ -334,7 +334,7 @@ def test_pt_eval_model_dir_uses_newest_intact_and_moves_nothing(runs, tmp_path, 
   truncate(nc.checkpoint_dir(str(model_dir), 4), PROMPT_FILE)
   before = helpers.snapshot(model_dir)
   with caplog.at_level(logging.WARNING):
-    params, step, source = seqio_eval.load_trainable(_abstract_trainable(), None, str(model_dir))
+    params, step, source = trained.load_trainable(_abstract_trainable(), None, str(model_dir))
   assert (step, source) == (2, nc.checkpoint_dir(str(model_dir), 2))
   np.testing.assert_array_equal(
       params["encoder"]["prompt"]["prompt"],

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from prompt_tuning import data
-from prompt_tuning.training import data_state
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.training import data_state
 
 import helpers  # pylint: disable=g-bad-import-order
 

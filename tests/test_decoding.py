@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning.model import weights
-from prompt_tuning.model import encoder_decoder
 from prompt_tuning.methods import multiprompt
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import prompts
 from prompt_tuning.methods import smop
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.model import layers
 from prompt_tuning.model import t5
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
 
 TINY = helpers.tiny_config()
 PROMPT = prompts.Prompt(length=3, init=nn.initializers.normal(1.0))

@@ -8,11 +8,11 @@ import json
 import jax
 import numpy as np
 import pytest
-import seqio
 
 from prompt_tuning import configurables
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import trained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods import multiprompt
 from prompt_tuning.storage import numpy_checkpoints
@@ -50,7 +50,7 @@ def greedy_summed_scores(shared, task):
   ds = shared.evaluator.cached_model_datasets[task]
   features = dict(ds.as_numpy_iterator())
   abstract = multiprompt_fixtures.abstract_trainable(shared.model)
-  params = [trees.merge(seqio_eval.load_trainable(abstract, p, None)[0], shared.frozen)
+  params = [trees.merge(trained.load_trainable(abstract, p, None)[0], shared.frozen)
             for p in shared.members]
   outputs = [dict(seqio_eval.ModelFns(shared.model, p, 16, shared.mesh, 8).predict_fn(ds))
              for p in params]
@@ -232,11 +232,11 @@ def test_smop_members_match_their_single_runs(tmp_path_factory):
   model = configurables.build_model(helpers.TINY_FILES + ["prompts/smop.gin"],
                                     helpers.MODEL_BINDINGS + smop)
   evaluator = shared.class_evaluator
-  evaluator._loggers = (seqio.JSONLogger(str(root / "single")),)  # pylint: disable=protected-access
-  trainable, step, _ = seqio_eval.load_trainable(
+  trainable, step, _ = trained.load_trainable(
       multiprompt_fixtures.abstract_trainable(model), members[1], None)
-  single = seqio_eval.run(evaluator, model, trees.merge(trainable, shared.frozen), step,
-                          16, shared.mesh)
+  with evaluator.loggers.writing_to(str(root / "single")):
+    single = seqio_eval.run(evaluator, model, trees.merge(trainable, shared.frozen), step,
+                            16, shared.mesh)
   assert result["member_1"] == single
   assert sorted(single["mp_class"]) == ["accuracy"] + [f"routing/prompt_{i}" for i in range(4)]
   assert result["member_0"]["mp_class"] != single["mp_class"]  # its own routing

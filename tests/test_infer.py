@@ -13,6 +13,7 @@ import pytest
 
 from prompt_tuning import cli
 from prompt_tuning import data
+from prompt_tuning.evaluation import predict
 from prompt_tuning import infer
 from prompt_tuning.methods import initializers
 
@@ -113,7 +114,7 @@ def test_bad_input_lines_name_the_line(case, content, needles, tmp_path):
   import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
   (tmp_path / "in.jsonl").write_text(content)
   with pytest.raises(data.DataError) as raised:
-    infer.read_examples(str(tmp_path / "in.jsonl"), {"mp_class", "mp_last_word"})
+    predict.read_examples(str(tmp_path / "in.jsonl"), {"mp_class", "mp_last_word"})
   message = str(raised.value)
   assert isinstance(raised.value, cli.user_errors())  # pt-infer: error: <message>, exit 1
   assert "\n" not in message and str(tmp_path / "in.jsonl") in message
@@ -126,7 +127,7 @@ def test_bad_input_lines_name_the_line(case, content, needles, tmp_path):
     ([], "no prompts")])
 def test_bad_prompt_lists(specs, needle):
   with pytest.raises(initializers.PromptInitError, match=needle) as raised:
-    infer.parse_prompts(specs)
+    predict.parse_prompts(specs)
   assert isinstance(raised.value, cli.user_errors())
 
 
@@ -134,7 +135,7 @@ def test_prompt_paths_may_hold_commas():
   tasks = {"rte", "cb", "boolq"}
   specs = ["rte=/runs/PROMPT_LENGTH=10,RANDOM_SEED=0/numpy_checkpoints/checkpoint_5,cb=/p/cb.npy",
            "boolq=/p/a,b.npy"]
-  assert infer.parse_prompts(specs, tasks) == {
+  assert predict.parse_prompts(specs, tasks) == {
       "rte": "/runs/PROMPT_LENGTH=10,RANDOM_SEED=0/numpy_checkpoints/checkpoint_5",
       "cb": "/p/cb.npy", "boolq": "/p/a,b.npy"}
 
@@ -144,7 +145,7 @@ def test_a_prompt_of_another_width_names_its_task(tmp_path):
   np.save(tmp_path / "good.npy", np.zeros((5, 32), np.float32))
   np.save(tmp_path / "narrow.npy", np.zeros((5, 16), np.float32))
   with pytest.raises(initializers.PromptInitError) as raised:
-    infer.load_prompts(model, multiprompt_fixtures.abstract_trainable(model), {
+    predict.load_prompts(model, multiprompt_fixtures.abstract_trainable(model), {
         "mp_class": str(tmp_path / "good.npy"), "mp_last_word": str(tmp_path / "narrow.npy")})
   assert str(raised.value).startswith(f"--prompts mp_last_word={tmp_path / 'narrow.npy'}: ")
   assert "[5, 16]" in str(raised.value)

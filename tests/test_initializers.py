@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables  # pylint: disable=unused-import  (gin names)
 from prompt_tuning import gin_utils
 from prompt_tuning.methods import initializers
 from prompt_tuning.model import weights
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
-from prompt_tuning.training import trainer
 from prompt_tuning.tasks import labels as task_labels
+from prompt_tuning.training import trainer
 
 import helpers  # pylint: disable=g-bad-import-order
 

@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables
-from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import job as eval_job
 from prompt_tuning import gin_utils
-from prompt_tuning.model import layers
 from prompt_tuning import methods
+from prompt_tuning.model import layers
 from prompt_tuning.model import weights
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
 
 import helpers  # pylint: disable=g-bad-import-order
@@ -203,8 +203,7 @@ def test_trainable_counts_follow_the_closed_forms(names, bindings, want):
 
 
 def test_trainable_params_of_the_run_files_are_the_methods():
-  from prompt_tuning import infer  # pylint: disable=g-import-not-at-top,unused-import
-  from prompt_tuning.interop import peft  # pylint: disable=g-import-not-at-top,unused-import
+  from prompt_tuning import peft_commands  # pylint: disable=g-import-not-at-top,unused-import
   run = helpers.TINY_BINDINGS + ["MODEL_DIR = '/unused'", "INITIAL_CHECKPOINT_PATH = None"]
   for name, bindings in (("runs/prompt_finetune.gin", run), ("runs/prompt_eval.gin", run),
                          ("runs/prompt_infer.gin", helpers.MODEL_BINDINGS + [
@@ -318,7 +317,7 @@ def test_methods_train_resume_exactly_and_evaluate(tmp_path, frozen_ckpt, plain,
                   + [f"MODEL_DIR = '{run}'", f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
                      f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"])
   try:
-    result = seqio_eval.evaluate()
+    result = eval_job.evaluate()
   finally:
     gin.clear_config()
   assert 0.0 <= result["demo_last_word"]["accuracy"] <= 100.0

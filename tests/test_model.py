@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.model import weights
-from prompt_tuning.model import encoder_decoder
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import prompts
+from prompt_tuning.model import encoder_decoder
 from prompt_tuning.model import t5
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import make_hf_reference as hf_ref  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import helpers  # pylint: disable=g-bad-import-order
-from prompt_tuning.model import layers
 from prompt_tuning import methods
-from prompt_tuning.model import weights
-from prompt_tuning.model import encoder_decoder
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import prompts
+from prompt_tuning.model import encoder_decoder
+from prompt_tuning.model import layers
 from prompt_tuning.model import t5
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
 
 BF16 = helpers.tiny_config(dtype="bfloat16", remat_policy="none")
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the narrow path is CPU's")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path  # pylint: disable=g-bad-import-order
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.evaluation import neighbors
+from prompt_tuning.storage import t5x_checkpoints
 
 PROG = "pt-neighbors"
 
@@ -143,7 +143,7 @@ def _vocab():
 
 def _run_cli(args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "prompt_tuning.evaluation.neighbors", *args],
+  return subprocess.run([sys.executable, "-m", "prompt_tuning.neighbors", *args],
                         capture_output=True, text=True, env=env, timeout=120, check=False)
 
 

@@ -16,12 +16,13 @@ import pytest
 import flax.linen as nn
 
 from prompt_tuning import configurables
+from prompt_tuning.interop import peft
 from prompt_tuning import methods
 from prompt_tuning.model import weights
+from prompt_tuning import peft_commands
 from prompt_tuning.storage import numpy_checkpoints
-from prompt_tuning.storage import trees
-from prompt_tuning.interop import peft
 from prompt_tuning.storage import safetensors_io
+from prompt_tuning.storage import trees
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -69,7 +70,7 @@ def reference():
 def test_imported_adapter_scores_as_peft_does(name, reference, tmp_path):
   frozen, config, arrays = reference
   out = tmp_path / "imported"
-  assert peft.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
+  assert peft_commands.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
   assert numpy_checkpoints.verify(str(out)) is None
   model = build(out / peft.METHOD_GIN, config)
   abstract = trees.shapes(trees.split(
@@ -93,7 +94,7 @@ def test_export_gives_back_peft_adapter(name, reference, tmp_path):
   unused decoder rows aside)."""
   _, config, _ = reference
   out = tmp_path / "imported"
-  assert peft.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
+  assert peft_commands.import_main([os.path.join(mpr.OUT, name), str(out)]) == 0
   model = build(out / peft.METHOD_GIN, config)
   flat = {n: np.load(out / f) for f in os.listdir(out) if f.endswith(".npy")
           for n in [f[:-4].replace(".", "/")]}
@@ -215,7 +216,7 @@ def test_bad_import_is_one_line_and_writes_nothing(case, tmp_path, capsys):
   folder = _write_adapter_copy(tmp_path)
   damage(folder)
   out = tmp_path / "out"
-  assert peft.import_main([str(folder), str(out)]) == 1
+  assert peft_commands.import_main([str(folder), str(out)]) == 1
   err = capsys.readouterr().err.strip()
   assert err.startswith("pt-import-peft: error: ") and "\n" not in err, err
   assert message in err, err
@@ -226,7 +227,7 @@ def test_bad_import_is_one_line_and_writes_nothing(case, tmp_path, capsys):
 def test_import_refuses_prefixes_peft_cannot_run_on_t5(tmp_path, capsys):
   folder = _write_adapter_copy(tmp_path, "prefix")
   _edit_config(folder, num_transformer_submodules=1)
-  assert peft.import_main([str(folder), str(tmp_path / "out")]) == 1
+  assert peft_commands.import_main([str(folder), str(tmp_path / "out")]) == 1
   assert "PEFT runs T5 prefixes only with 2" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
@@ -235,10 +236,10 @@ def test_import_refuses_a_used_out_dir_and_bad_usage(tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
   (out / "keep.txt").write_text("mine")
-  assert peft.import_main([os.path.join(mpr.OUT, "prompt"), str(out)]) == 1
+  assert peft_commands.import_main([os.path.join(mpr.OUT, "prompt"), str(out)]) == 1
   assert "exists and is not an empty folder" in capsys.readouterr().err
   assert sorted(os.listdir(out)) == ["keep.txt"]
-  assert peft.import_main([os.path.join(mpr.OUT, "prompt")]) == 1
+  assert peft_commands.import_main([os.path.join(mpr.OUT, "prompt")]) == 1
   assert "usage: pt-import-peft ADAPTER_DIR OUT_DIR" in capsys.readouterr().err
 
 
@@ -261,7 +262,7 @@ def test_pt_export_peft_of_a_trained_lora_run(tmp_path, frozen_ckpt):
   assert (config["peft_type"], config["r"], config["target_modules"]) == ("LORA", 2, ["q", "v"])
   assert config["base_model_name_or_path"] == "tiny"
   back = tmp_path / "back"
-  assert peft.import_main([str(export), str(back)]) == 0
+  assert peft_commands.import_main([str(export), str(back)]) == 0
   step = numpy_checkpoints.latest_step(str(model_dir))
   trained = numpy_checkpoints.checkpoint_dir(str(model_dir), step)
   lora_files = sorted(f for f in os.listdir(trained) if ".lora." in f)
@@ -322,7 +323,7 @@ def _export_in_process(args):
   try:
     with contextlib.redirect_stderr(err):
       try:
-        peft.export_console_main()
+        peft_commands.export_console_main()
         status = 0
       except SystemExit as e:
         status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

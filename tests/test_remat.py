@@ -14,9 +14,9 @@ import pytest
 import conftest  # pylint: disable=g-bad-import-order
 import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning import gin_utils
+from prompt_tuning.model import t5
 from prompt_tuning.model import weights
 from prompt_tuning.storage import trees
-from prompt_tuning.model import t5
 
 from remat_worker import TINY  # pylint: disable=g-bad-import-order
 from remat_worker import model as _model  # pylint: disable=g-bad-import-order

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning import configurables  # pylint: disable=unused-import  (gin names)
-from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import job as eval_job
 from prompt_tuning import gin_utils
-from prompt_tuning.model import weights
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import smop
+from prompt_tuning.model import weights
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.storage import trees
 from prompt_tuning.training import summaries
 from prompt_tuning.training import trainer
 
@@ -234,7 +234,7 @@ def test_smop_trains_checkpoints_resumes_and_evaluates(tmp_path):
                                            f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
                                            f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"])
   try:
-    result = seqio_eval.evaluate()
+    result = eval_job.evaluate()
   finally:
     gin.clear_config()
   metrics = result["demo_last_word"]

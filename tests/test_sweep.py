@@ -13,6 +13,7 @@ import yaml
 
 import helpers  # pylint: disable=g-bad-import-order
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.sweep import grid
 from prompt_tuning.sweep import main as sweep
 
 FILES = helpers.TINY_FILES + ["runs/prompt_finetune.gin"]
@@ -69,21 +70,21 @@ def bash_argv(command_line, env=None):
 
 
 def test_parse_axis_reads_gin_literals():
-  assert sweep.parse_axis("PROMPT_LENGTH=[1, 5, 100]") == sweep.Axis("PROMPT_LENGTH", [1, 5, 100])
-  assert sweep.parse_axis(" MIXTURE_OR_TASK_NAME = ['taskless_a', 'b'] ").values == [
+  assert grid.parse_axis("PROMPT_LENGTH=[1, 5, 100]") == grid.Axis("PROMPT_LENGTH", [1, 5, 100])
+  assert grid.parse_axis(" MIXTURE_OR_TASK_NAME = ['taskless_a', 'b'] ").values == [
       "taskless_a", "b"]
-  assert sweep.parse_axis("optimizers.adafactor.learning_rate=[0.3, 1e-2]").values == [0.3, 0.01]
-  assert sweep.parse_axis("TASK_FEATURE_LENGTHS=[{'inputs': 512, 'targets': 8}]").values == [
+  assert grid.parse_axis("optimizers.adafactor.learning_rate=[0.3, 1e-2]").values == [0.3, 0.01]
+  assert grid.parse_axis("TASK_FEATURE_LENGTHS=[{'inputs': 512, 'targets': 8}]").values == [
       {"inputs": 512, "targets": 8}]
-  axis = sweep.parse_axis("gin_file=['prompts/random_uniform.gin', 'prompts/class_labels.gin']")
+  axis = grid.parse_axis("gin_file=['prompts/random_uniform.gin', 'prompts/class_labels.gin']")
   assert axis.name == "gin_file" and len(axis.values) == 2
 
 
 def test_grid_is_the_product_first_axis_slowest(tmp_path):
-  axes = sweep.parse_axes(["PROMPT_LENGTH=[1, 5]",
+  axes = grid.parse_axes(["PROMPT_LENGTH=[1, 5]",
                            "gin_file=['prompts/random_uniform.gin', 'prompts/class_labels.gin']",
                            "RANDOM_SEED=[0, 1]"])
-  points = sweep.grid(axes, FILES, str(tmp_path))
+  points = grid.grid(axes, FILES, str(tmp_path))
   assert [p.name for p in points[:3]] == [
       "PROMPT_LENGTH=1,gin_file=random_uniform,RANDOM_SEED=0",
       "PROMPT_LENGTH=1,gin_file=random_uniform,RANDOM_SEED=1",
@@ -95,38 +96,38 @@ def test_grid_is_the_product_first_axis_slowest(tmp_path):
   assert last.bindings == ["PROMPT_LENGTH = 5", "RANDOM_SEED = 1"]
   assert last.gin_files == FILES + ["prompts/class_labels.gin"]
   assert last.model_dir == str(tmp_path / last.name)
-  gs = sweep.grid(axes, FILES, "gs://bucket/sweep/")
+  gs = grid.grid(axes, FILES, "gs://bucket/sweep/")
   assert gs[0].model_dir == "gs://bucket/sweep/" + gs[0].name
 
 
 def test_point_names_are_deterministic_safe_and_bounded():
-  strings = sweep.point_name({"MIXTURE_OR_TASK_NAME": "a b/c:d", "CLASS_LABELS": ["x", "y"]})
+  strings = grid.point_name({"MIXTURE_OR_TASK_NAME": "a b/c:d", "CLASS_LABELS": ["x", "y"]})
   assert strings == "MIXTURE_OR_TASK_NAME=a_b_c_d,CLASS_LABELS=_x_y_"
-  long_a = sweep.point_name({"PROMPT_STRING": "w" * 300 + "a"})
-  long_b = sweep.point_name({"PROMPT_STRING": "w" * 300 + "b"})
+  long_a = grid.point_name({"PROMPT_STRING": "w" * 300 + "a"})
+  long_b = grid.point_name({"PROMPT_STRING": "w" * 300 + "b"})
   assert len(long_a) <= 200 and len(long_b) <= 200 and long_a != long_b
-  assert long_a == sweep.point_name({"PROMPT_STRING": "w" * 300 + "a"})
-  assert sweep.point_name({"optimizers.adafactor.learning_rate": 0.3}) == (
+  assert long_a == grid.point_name({"PROMPT_STRING": "w" * 300 + "a"})
+  assert grid.point_name({"optimizers.adafactor.learning_rate": 0.3}) == (
       "optimizers.adafactor.learning_rate=0.3")
 
 
 def test_json_values_and_gin_text():
-  assert sweep.json_value(5) == 5 and sweep.json_value("x") == "x"
-  assert sweep.json_value(None) is None and sweep.json_value([1, "a"]) == [1, "a"]
-  assert sweep.json_value({"inputs": 512}) == {"inputs": 512}
-  assert sweep.json_value((1, 2)) == "(1, 2)"
-  assert sweep.json_value([(1, 2)]) == "[(1, 2)]"
+  assert grid.json_value(5) == 5 and grid.json_value("x") == "x"
+  assert grid.json_value(None) is None and grid.json_value([1, "a"]) == [1, "a"]
+  assert grid.json_value({"inputs": 512}) == {"inputs": 512}
+  assert grid.json_value((1, 2)) == "(1, 2)"
+  assert grid.json_value([(1, 2)]) == "[(1, 2)]"
 
 
 # --- The manifest ---------------------------------------------------------------
 
 
 def _manifest(values, bindings=("BATCH_SIZE = 32", "TRAIN_STEPS = 300"), steps=300):
-  axes = [sweep.Axis("PROMPT_LENGTH", values)]
-  points = sweep.grid(axes, FILES, "/sweep")
+  axes = [grid.Axis("PROMPT_LENGTH", values)]
+  points = grid.grid(axes, FILES, "/sweep")
   for point in points:
     point.train_steps = steps
-  return sweep.manifest(sweep.Sweep("/sweep", "local", FILES, list(bindings), axes, points))
+  return grid.manifest(grid.Sweep("/sweep", "local", FILES, list(bindings), axes, points))
 
 
 def test_manifest_schema():
@@ -142,20 +143,20 @@ def test_manifest_schema():
 
 
 def test_manifest_merge_adds_points_and_refuses_to_mix():
-  merged = sweep.merge(_manifest([1, 5]), _manifest([5, 20]), "sweep.json")
+  merged = grid.merge(_manifest([1, 5]), _manifest([5, 20]), "sweep.json")
   assert [p["name"] for p in merged["points"]] == ["PROMPT_LENGTH=1", "PROMPT_LENGTH=5",
                                                    "PROMPT_LENGTH=20"]
   assert merged["axes"] == [{"name": "PROMPT_LENGTH", "values": [1, 5, 20]}]
   # A larger TRAIN_STEPS continues the runs (as pt-train does): not a conflict.
-  longer = sweep.merge(_manifest([1]), _manifest([1], ("BATCH_SIZE = 32", "TRAIN_STEPS = 900"),
+  longer = grid.merge(_manifest([1]), _manifest([1], ("BATCH_SIZE = 32", "TRAIN_STEPS = 900"),
                                                  900), "sweep.json")
   assert longer["points"][0]["train_steps"] == 900
-  with pytest.raises(sweep.SweepError, match="other base bindings.*BATCH_SIZE = 16"):
-    sweep.merge(_manifest([1]), _manifest([1], ("BATCH_SIZE = 16", "TRAIN_STEPS = 300")), "s")
+  with pytest.raises(grid.SweepError, match="other base bindings.*BATCH_SIZE = 16"):
+    grid.merge(_manifest([1]), _manifest([1], ("BATCH_SIZE = 16", "TRAIN_STEPS = 300")), "s")
   clash = _manifest([1])
   clash["points"][0]["values"] = {"PROMPT_LENGTH": "1"}
-  with pytest.raises(sweep.SweepError, match="PROMPT_LENGTH=1 is already in s with other values"):
-    sweep.merge(clash, _manifest([1]), "s")
+  with pytest.raises(grid.SweepError, match="PROMPT_LENGTH=1 is already in s with other values"):
+    grid.merge(clash, _manifest([1]), "s")
 
 
 # --- Bad input: one line, exit status 1, nothing written ------------------------

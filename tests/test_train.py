@@ -12,8 +12,8 @@ import pytest
 from prompt_tuning import data
 from prompt_tuning.model import weights
 from prompt_tuning.storage import numpy_checkpoints
-from prompt_tuning.training import optimizers
 from prompt_tuning.storage import trees
+from prompt_tuning.training import optimizers
 from prompt_tuning.training import trainer
 
 import conftest  # pylint: disable=g-bad-import-order

@@ -45,16 +45,17 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.evaluation import seqio_eval
-from prompt_tuning.storage import file_utils
+from prompt_tuning.evaluation import trained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods import multiprompt
-from prompt_tuning.storage import numpy_checkpoints
-from prompt_tuning.storage import trees
+from prompt_tuning.methods import smop
 from prompt_tuning.model import partitioning
 from prompt_tuning import progress
-from prompt_tuning.methods import smop
+from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.storage import trees
 from prompt_tuning import tables
 
 ENSEMBLE = "ensemble"
@@ -128,7 +129,7 @@ def load_members(abstract_trainable, model, prompt_file, prompt_files) -> list:
   members = []
   for i, path in enumerate(prompt_files):
     try:
-      members.append(Member(*seqio_eval.load_trainable(abstract_trainable, path, None)))
+      members.append(Member(*trained.load_trainable(abstract_trainable, path, None)))
     except (initializers.PromptInitError, t5x_checkpoints.CheckpointError) as e:
       raise initializers.PromptInitError(f"{_label(i, path)}: {_first_line(e)}") from None
   return members
@@ -140,15 +141,6 @@ def _first_line(e):
 
 
 # ------------------------------------------------------------- the batched pass
-
-
-_JITTED = {}
-
-
-def _jitted(key, build):
-  if key not in _JITTED:
-    _JITTED[key] = jax.jit(build())
-  return _JITTED[key]
 
 
 def _greedy_fn(model, length):
@@ -254,7 +246,7 @@ class Ensemble:
   def _vote_on_strings(self, vocabulary):
     """The greedy vote: members agree when their outputs decode to the same
     string; ties are scored (a second jitted call) only in batches that hold one."""
-    summed_fn = _jitted((id(self.model), "summed"), lambda: _summed_scores_fn(self.model))
+    summed_fn = seqio_eval.jitted((self.model, "ensemble", "summed"), lambda: _summed_scores_fn(self.model))
 
     def finish(result, extras, real):
       strings = [[vocabulary.decode(t.tolist()) for t in row] for row in result["tokens"]]
@@ -292,7 +284,7 @@ class Ensemble:
     votes = []
     if label_strings:
       ids = seqio_eval.label_token_ids(vocabulary, label_strings)
-      fn = _jitted((id(self.model), "rank", self.n, ids.tobytes(), ids.shape),
+      fn = seqio_eval.jitted((self.model, "ensemble", "rank", self.n, ids.tobytes(), ids.shape),
                    lambda: _rank_fn(self.model, ids))
       rows = self._run(fn, ds)
       label_scores = {name: [] for name in names}
@@ -307,7 +299,7 @@ class Ensemble:
                       "summed_scores": [float(s) for s in row["summed"]]})
       result = TaskOutputs(predictions, votes, label_scores, list(label_strings))
     else:
-      fn = _jitted((id(self.model), "greedy", self.decode_len),
+      fn = seqio_eval.jitted((self.model, "ensemble", "greedy", self.decode_len),
                    lambda: _greedy_fn(self.model, self.decode_len))
       rows = self._run(fn, ds, self._vote_on_strings(vocabulary))
       for index, row in rows:
@@ -334,7 +326,7 @@ class Ensemble:
     def score(ds, *unused_args):
       task_name = self._task_of[id(ds)]
       if task_name not in self._scores:
-        fn = _jitted((id(self.model), "score"), lambda: _score_fn(self.model))
+        fn = seqio_eval.jitted((self.model, "ensemble", "score"), lambda: _score_fn(self.model))
         self._scores[task_name] = self._run(fn, ds)
       rows = self._scores[task_name]
       if view == ENSEMBLE:  # log of the members' mean likelihood
@@ -380,33 +372,9 @@ def _write_label_scores(outputs, name, path):
 
 
 def _evaluate_view(evaluator, fns, view, step, out_dir, extra):
-  """Runs seqio's Evaluator for one member (or the ensemble) with its loggers in out_dir."""
-  loggers = evaluator._loggers  # pylint: disable=protected-access
-  try:
-    views = tuple(type(l)(output_dir=out_dir) for l in loggers)
-    if extra:  # SMoP routing, merged into each task's metrics line as pt-eval does
-      also = seqio_eval._logging_also  # pylint: disable=protected-access
-      views = tuple(also(l, extra) for l in views)
-    evaluator._loggers = views  # pylint: disable=protected-access
-    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                        predict_fn=fns.predict_fn(view),
-                                        score_fn=fns.score_fn(view))
-    metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
-    scalar = seqio_eval._scalar  # pylint: disable=protected-access
-    result = {task: {k: scalar(v) for k, v in m.items()} for task, m in metrics.items()}
-    name = evaluator.mixture_or_task_name
-    if len(result) > 1 or name not in result:
-      summary = seqio_eval.mixture_summary(result)
-      for logger in views:
-        logger(task_name=name, step=step,
-               metrics={k: seqio.metrics.Scalar(v) for k, v in summary.items()},
-               dataset=None, inferences=None, targets=None)
-      result[name] = summary
-  finally:
-    evaluator._loggers = loggers  # pylint: disable=protected-access
-  for task, values in extra.items():
-    result.setdefault(task, {}).update(values)
-  return result
+  """seqio's evaluation of one member (or the ensemble), logged into out_dir."""
+  with evaluator.loggers.writing_to(out_dir):
+    return seqio_eval.evaluate(evaluator, step, fns.predict_fn(view), fns.score_fn(view), extra)
 
 
 def summary_table(results, views) -> str:

@@ -10,16 +10,15 @@ average (each task's metrics averaged first). With a SMoP prompt, each task's
 metrics also get `routing/prompt_i`: the share of its eval examples routed to
 prompt i (not part of the mixture average).
 """
+import contextlib
+import dataclasses
 import functools
 import json
 import os
-import re
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 from absl import logging
-import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,19 +26,14 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import data
-from prompt_tuning.storage import file_utils
-from prompt_tuning import gin_utils
-from prompt_tuning.methods import initializers
+from prompt_tuning.methods import sites
+from prompt_tuning.model.encoder_decoder import EOS_ID
 from prompt_tuning.model import losses
-from prompt_tuning.model import weights
-from prompt_tuning.storage import numpy_checkpoints
-from prompt_tuning.storage import trees
 from prompt_tuning.model import partitioning
 from prompt_tuning import progress
+from prompt_tuning.storage import file_utils
 
-DEFAULT_TRAINABLE = ("encoder/prompt/.*",)
-EOS_ID = 1
-from prompt_tuning.methods import smop
+DEFAULT_TRAINABLE = sites.DEFAULT_TRAINABLE
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 
@@ -136,9 +130,11 @@ def make_rank_fn(model, label_ids):
 _JITTED = {}
 
 
-def _jitted(key, build):
-  """One jitted function per (model, kind, ...) for the whole process, so
-  periodic evaluations and every task reuse their compilations."""
+def jitted(key, build):
+  """One jitted function per key for the whole process, so periodic
+  evaluations and every task reuse their compilations. `key` holds the model
+  itself (a frozen dataclass: equal models share, and a freed model's key is
+  never taken by another) and what else the function depends on."""
   if key not in _JITTED:
     _JITTED[key] = jax.jit(build())
   return _JITTED[key]
@@ -157,9 +153,9 @@ class ModelFns:
   def __init__(self, model, params, batch_size, mesh, max_decode_length, evaluator=None,
                decoding="greedy", step=0, log_dir=None):
     self.model, self.params, self.batch_size, self.mesh = model, params, batch_size, mesh
-    self._predict = _jitted((id(model), "predict", max_decode_length), lambda: functools.partial(
+    self._predict = jitted((model, "predict", max_decode_length), lambda: functools.partial(
         model.predict_batch, max_decode_length=max_decode_length))
-    self._score = _jitted((id(model), "score"), lambda: model.score_batch)
+    self._score = jitted((model, "score"), lambda: model.score_batch)
     self._decoding, self._step, self._log_dir = decoding, step, log_dir
     self._task_of = {}
     if evaluator is not None:
@@ -194,7 +190,7 @@ class ModelFns:
           self._predict, ds, f"{task_name or 'task'} step {self._step} greedy decoding")]
     vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
     ids = label_token_ids(vocabulary, label_strings)
-    rank = _jitted((id(self.model), "rank", ids.tobytes(), ids.shape),
+    rank = jitted((self.model, "rank", ids.tobytes(), ids.shape),
                    lambda: make_rank_fn(self.model, ids))
     scored = self._run(rank, ds, f"{task_name} step {self._step} rank classification")
     if self._log_dir and jax.process_index() == 0:
@@ -226,24 +222,96 @@ def check_split(mixture_or_task_name: str, split: str, *, setting: str = "EVAL_S
                 f"(metric_fns) for its {split!r} split")
 
 
+class Loggers(seqio.Logger):
+  """The logger `make_evaluator` gives seqio.Evaluator (through `logger_cls`,
+  seqio's public way): seqio's JSONLogger and TensorBoardLogger, on process 0
+  only, writing into `output_dir`, which `writing_to` moves for a while
+  (pt-eval's greedy/ and rank/ folders, an ensemble's member_i/), adding
+  `extra` metrics to each task's line (a method's own, e.g. SMoP's routing)."""
+
+  def __init__(self, output_dir, writes: bool = True):
+    super().__init__(output_dir)
+    self.writes, self.extra = writes, {}
+    self._set(output_dir)
+
+  def _set(self, output_dir):
+    self.output_dir = output_dir
+    self._loggers = ((seqio.JSONLogger(output_dir=output_dir),
+                      seqio.TensorBoardLogger(output_dir=output_dir)) if self.writes else ())
+
+  @contextlib.contextmanager
+  def writing_to(self, output_dir=None, extra=None):
+    """Within it, into `output_dir` (None: the same) with `extra`
+    ({task: {metric: value}}) added to each task's metrics."""
+    saved = (self.output_dir, self._loggers, self.extra)
+    if output_dir is not None:
+      self._set(output_dir)
+    self.extra = extra or {}
+    try:
+      yield self
+    finally:
+      self.output_dir, self._loggers, self.extra = saved
+
+  def __call__(self, task_name, step, metrics, dataset, inferences, targets):
+    more = {k: seqio.metrics.Scalar(v) for k, v in self.extra.get(task_name, {}).items()}
+    for logger in self._loggers:
+      logger(task_name=task_name, step=step, metrics={**metrics, **more}, dataset=dataset,
+             inferences=inferences, targets=targets)
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """A seqio.Evaluator of a task or mixture's split, and its loggers."""
+  evaluator: seqio.Evaluator
+  loggers: Loggers
+  mixture_or_task_name: str
+  log_dir: str
+
+  @property
+  def eval_tasks(self):
+    return self.evaluator.eval_tasks
+
+  @property
+  def cached_model_datasets(self):
+    return self.evaluator.cached_model_datasets
+
+  @property
+  def cached_task_datasets(self):
+    return self.evaluator.cached_task_datasets
+
+  @property
+  def model_feature_shapes(self):
+    return self.evaluator.model_feature_shapes
+
+  def evaluate(self, **kwargs):
+    """seqio.Evaluator.evaluate (compute_metrics, step, predict_fn, score_fn)."""
+    return self.evaluator.evaluate(**kwargs)
+
+
 def make_evaluator(model, mixture_or_task_name, task_feature_lengths, split, log_dir,
-                   batch_size, use_cached, mesh, make_log_dir=True):
-  """A seqio.Evaluator (None, with a warning, if no task of it has metrics).
+                   batch_size, use_cached, mesh, make_log_dir=True) -> Optional[Evaluation]:
+  """The Evaluation of a task or mixture's split (None, with a warning, if
+  no task of it has metrics).
 
   Reads every task's `split` (seqio caches it), so a split that cannot be read
-  fails here, as EvalError. The evaluator's loggers write nothing until it runs;
+  fails here, as EvalError. The loggers write nothing until it runs;
   make_log_dir=False leaves `log_dir` for the caller to create before then.
   """
   del model, batch_size, mesh
   data.get_task(mixture_or_task_name)
   # Every process computes the metrics (from the gathered outputs); process 0 writes them.
   writes = jax.process_index() == 0
+  made = []
+
+  def logger(output_dir):
+    made.append(Loggers(output_dir, writes))
+    return made[-1]
+
   try:
     evaluator = seqio.Evaluator(
         mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=split,
         use_cached=use_cached, sequence_length=dict(task_feature_lengths),
-        logger_cls=[seqio.JSONLogger, seqio.TensorBoardLogger] if writes else (),
-        log_dir=log_dir, async_compute_metrics=False)
+        logger_cls=[logger], log_dir=log_dir, async_compute_metrics=False)
   except (ValueError, KeyError, FileNotFoundError, tf.errors.OpError) as e:
     text = str(e).strip()
     message = text.splitlines()[0] if text else type(e).__name__
@@ -255,12 +323,11 @@ def make_evaluator(model, mixture_or_task_name, task_feature_lengths, split, log
     logging.warning("%s has no task with metrics on split %r: evaluation is skipped",
                     mixture_or_task_name, split)
     return None
-  evaluator.mixture_or_task_name = mixture_or_task_name
-  evaluator.log_dir = log_dir
-  return evaluator
+  return Evaluation(evaluator, made[0], mixture_or_task_name, log_dir)
 
 
-def _scalar(value):
+def scalar_value(value) -> float:
+  """A metric's value as a float (seqio.metrics.Scalar or a number)."""
   return float(value.value) if isinstance(value, seqio.metrics.Scalar) else float(value)
 
 
@@ -271,7 +338,7 @@ def mixture_summary(metrics_by_task: Mapping[str, Mapping[str, object]]) -> dict
     values = []
     for name, value in metrics.items():
       try:
-        values.append(_scalar(value))
+        values.append(scalar_value(value))
       except (TypeError, ValueError):
         continue
       out[f"{task}/{name}"] = values[-1]
@@ -282,22 +349,39 @@ def mixture_summary(metrics_by_task: Mapping[str, Mapping[str, object]]) -> dict
   return out
 
 
-def routing_metrics(evaluator, model, params, batch_size, mesh) -> dict:
-  """SMoP only: {task: {'routing/prompt_i': share of its eval examples}}."""
-  if not smop.is_smop(model):
+def method_metrics(evaluator, model, params, batch_size, mesh) -> dict:
+  """{task: {metric: value}} that the model's method adds to each task's
+  metrics (methods.eval_metrics_fn: SMoP's routing shares), or {}."""
+  from prompt_tuning import methods  # pylint: disable=g-import-not-at-top
+  metrics_fn = methods.eval_metrics_fn(model)
+  if metrics_fn is None:
     return {}
-  return {task.name: smop.routing_metrics(smop.routing_fractions(model, params, (
+  return {task.name: metrics_fn(model, params, (
       (global_index(mesh, index), partitioning.shard_batch(mesh, feats)) for index, feats in
-      batches(evaluator.cached_model_datasets[task.name], batch_size, mesh))))
+      batches(evaluator.cached_model_datasets[task.name], batch_size, mesh)))
           for task in evaluator.eval_tasks}
 
 
-def _logging_also(logger, extra):
-  """A seqio logger that adds extra[task_name] to each task's metrics."""
-  def log(*, task_name, metrics, **kwargs):
-    more = {k: seqio.metrics.Scalar(v) for k, v in extra.get(task_name, {}).items()}
-    return logger(task_name=task_name, metrics={**metrics, **more}, **kwargs)
-  return log
+def evaluate(evaluation, step, predict_fn, score_fn, extra=None) -> dict:
+  """One seqio evaluation through `predict_fn`/`score_fn`: {task: {metric:
+  float}}, plus a mixture's summary (logged under its own name) and `extra`
+  ({task: {metric: value}}, merged into each task's metrics line)."""
+  extra = extra or {}
+  with evaluation.loggers.writing_to(extra=extra):
+    all_metrics, _ = evaluation.evaluate(compute_metrics=True, step=step,
+                                         predict_fn=predict_fn, score_fn=score_fn)
+  metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+  result = {task: {k: scalar_value(v) for k, v in m.items()} for task, m in metrics.items()}
+  name = evaluation.mixture_or_task_name
+  if len(result) > 1 or name not in result:
+    summary = mixture_summary(result)
+    evaluation.loggers(task_name=name, step=step,
+                       metrics={k: seqio.metrics.Scalar(v) for k, v in summary.items()},
+                       dataset=None, inferences=None, targets=None)
+    result[name] = summary
+  for task, values in extra.items():
+    result.setdefault(task, {}).update(values)
+  return result
 
 
 DECODINGS = ("auto", "rank", "greedy", "both")
@@ -316,177 +400,23 @@ def run(evaluator, model, params, step, batch_size, mesh, max_decode_length=None
   if decoding not in DECODINGS:
     raise ValueError(f"EVAL_DECODING must be one of {DECODINGS}, got {decoding!r}")
   if decoding == "both":
-    loggers = evaluator._loggers  # pylint: disable=protected-access
     results = {}
-    try:
-      for mode in ("greedy", "rank"):
-        sub = os.path.join(evaluator.log_dir, mode)
+    for mode in ("greedy", "rank"):
+      sub = os.path.join(evaluator.log_dir, mode)
+      if jax.process_index() == 0:
         file_utils.makedirs(sub)
-        evaluator._loggers = tuple(type(l)(output_dir=sub) for l in loggers)  # pylint: disable=protected-access
+      with evaluator.loggers.writing_to(sub):
         results[mode] = run(evaluator, model, params, step, batch_size, mesh,
                             max_decode_length, mode)
-    finally:
-      evaluator._loggers = loggers  # pylint: disable=protected-access
     return results["rank"]
   lengths = evaluator.model_feature_shapes
   decode_len = max_decode_length or lengths["decoder_target_tokens"][0]
   fns = ModelFns(model, params, batch_size, mesh, decode_len, evaluator, decoding, step,
-                 evaluator._loggers[0].output_dir if evaluator._loggers else None)  # pylint: disable=protected-access
-  routing = routing_metrics(evaluator, model, params, batch_size, mesh)
-  loggers = evaluator._loggers  # pylint: disable=protected-access
-  if routing:  # merged into each task's own metrics line
-    evaluator._loggers = tuple(_logging_also(l, routing) for l in loggers)  # pylint: disable=protected-access
+                 evaluator.loggers.output_dir)
+  extra = method_metrics(evaluator, model, params, batch_size, mesh)
   start = time.time()
-  try:
-    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                        predict_fn=fns.predict_fn, score_fn=fns.score_fn)
-    metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
-  finally:
-    evaluator._loggers = loggers  # pylint: disable=protected-access
-  result = {task: {k: _scalar(v) for k, v in m.items()} for task, m in metrics.items()}
-  name = evaluator.mixture_or_task_name
-  if len(result) > 1 or name not in result:
-    summary = mixture_summary(result)
-    for logger in evaluator._loggers:  # pylint: disable=protected-access
-      logger(task_name=name, step=step,
-             metrics={k: seqio.metrics.Scalar(v) for k, v in summary.items()},
-             dataset=None, inferences=None, targets=None)
-    result[name] = summary
-  for task, values in routing.items():
-    result.setdefault(task, {}).update(values)
+  result = evaluate(evaluator, step, fns.predict_fn, fns.score_fn, extra)
   for task, m in sorted(result.items()) if jax.process_index() == 0 else ():
-    print(f"eval step {step} {task} ({decoding}, {time.time() - start:.1f}s): " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())),
-          flush=True)
+    print(f"eval step {step} {task} ({decoding}, {time.time() - start:.1f}s): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items())), flush=True)
   return result
-
-
-# The pt-eval job.
-
-
-def _step_of(path: str) -> int:
-  match = re.search(r"checkpoint_(\d+)", path)
-  return int(match.group(1)) if match else 0
-
-
-def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Optional[str]):
-  """(trainable params, step, where) from PROMPT_FILE or MODEL_DIR's latest checkpoint."""
-  names = trees.shapes(abstract_trainable)
-  if prompt_file and not file_utils.exists(prompt_file):
-    raise initializers.PromptInitError(
-        f"PROMPT_FILE {prompt_file} does not exist: give a .npy prompt or a numpy checkpoint "
-        "folder")
-  if prompt_file and not prompt_file.endswith(".npy") and file_utils.isdir(prompt_file):
-    directory = prompt_file  # a numpy checkpoint folder
-  elif prompt_file:
-    if len(names) != 1:
-      raise initializers.PromptInitError(
-          f"PROMPT_FILE {prompt_file} is one array but this model trains {sorted(names)}: "
-          "point PROMPT_FILE at the numpy checkpoint folder instead")
-    (name, shape), = names.items()
-    numpy_checkpoints.check_file(prompt_file)  # against checksums.json, if beside it
-    value = initializers.load_prompt_file(prompt_file, shape)
-    return trees.unflatten({name: value}), _step_of(prompt_file), prompt_file
-  elif model_dir and numpy_checkpoints.latest_step(model_dir) is not None:
-    # The newest checkpoint that verifies; damaged ones are reported, never moved.
-    step = numpy_checkpoints.latest_intact_step(model_dir, move_aside=False)
-    if step is None:
-      raise numpy_checkpoints.CheckpointDamagedError(
-          f"every numpy checkpoint in {model_dir} is damaged (see the warnings): set "
-          "PROMPT_FILE to an intact prompt")
-    directory = numpy_checkpoints.checkpoint_dir(model_dir, step)
-  else:
-    raise initializers.PromptInitError(
-        "no prompt to evaluate: set PROMPT_FILE to a .npy prompt, or MODEL_DIR to a run "
-        "with numpy_checkpoints")
-  missing = [n for n in names if not file_utils.exists(
-      os.path.join(directory, numpy_checkpoints.param_filename(n)))]
-  if missing:
-    raise initializers.PromptInitError(
-        f"{directory} lacks {', '.join(numpy_checkpoints.param_filename(n) for n in missing)}")
-  params = numpy_checkpoints.load_params(directory, names)
-  for name, value in trees.flatten(params).items():
-    got, want = tuple(value.shape), tuple(names[name])
-    if got and want and got[-1] != want[-1]:
-      raise initializers.PromptInitError(
-          f"{directory}: {name} has embedding size {got[-1]} (shape {list(got)}) but this "
-          f"model's EMBED_DIM is {want[-1]} ({list(want)}): it was made for another model "
-          "size; use the model gin file of its size, or a prompt trained for this model")
-    if got != want:
-      raise initializers.PromptInitError(
-          f"{directory}: {name} has shape {list(got)}, the model expects "
-          f"{list(want)} (check PROMPT_LENGTH)")
-  return params, _step_of(directory), directory
-
-
-@gin.configurable(module="evaluation")
-def evaluate(*,
-             model=gin.REQUIRED,
-             mixture_or_task_name: str = gin.REQUIRED,
-             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             batch_size: int = gin.REQUIRED,
-             checkpoint_path: Optional[str] = None,
-             initial_checkpoint_path: Optional[str] = None,
-             prompt_file: Optional[str] = None,
-             model_dir: Optional[str] = None,
-             eval_output_dir: Optional[str] = None,
-             split: str = "validation",
-             use_cached_tasks: bool = False,
-             mixture_or_task_module=None,
-             trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
-             mesh_fn=partitioning.make_mesh,
-             decoding: str = "auto",
-             vocabulary=None,
-             superglue_data_dir: Optional[str] = None,
-             squad_data_dir: Optional[str] = None,
-             mrqa_data_dir: Optional[str] = None,
-             prompt_files: Optional[Sequence[str]] = None):
-  """Evaluates and returns {task: {metric: value}}.
-
-  With PROMPT_FILES (several prompts), evaluates them as an ensemble in one
-  batched pass (prompt_tuning.evaluation.ensemble) and returns {member_i or 'ensemble':
-  {task: {metric: value}}}.
-  """
-  # Every setting is checked, and the prompt, frozen model and evaluation data
-  # read, before anything is written.
-  gin_utils.check_int("BATCH_SIZE", batch_size, EvalError)
-  lengths = gin_utils.check_feature_lengths(task_feature_lengths, EvalError)
-  gin_utils.check_choice("EVAL_DECODING", decoding, DECODINGS, EvalError)
-  if not isinstance(split, str) or not split:
-    raise EvalError(f"EVAL_SPLIT must be a split name such as 'validation', got {split!r}")
-  frozen_path = checkpoint_path or initial_checkpoint_path
-  if not frozen_path:
-    raise initializers.PromptInitError(
-        "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
-  if eval_output_dir:
-    output_dir = gin_utils.check_folder("EVAL_OUTPUT_DIR", eval_output_dir, EvalError)
-  elif model_dir:
-    output_dir = os.path.join(gin_utils.check_folder("MODEL_DIR", model_dir, EvalError),
-                              "inference_eval")
-  else:
-    raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
-  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
-  data.import_task_modules(mixture_or_task_module)
-  data.get_task(mixture_or_task_name)
-  data.check_vocabularies(mixture_or_task_name)
-  check_split(mixture_or_task_name, split, need_metrics=True,
-              hint="set --gin.EVAL_SPLIT to one of them")
-  mesh = mesh_fn()
-  batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
-  abstract_trainable = trees.split(
-      nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]
-  if prompt_files is not None:
-    from prompt_tuning.evaluation import ensemble  # pylint: disable=g-import-not-at-top
-    members = ensemble.load_members(abstract_trainable, model, prompt_file, prompt_files)
-    frozen = weights.load_frozen(model, frozen_path, batch, trainable_params, mesh)
-    evaluator = make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
-                               batch_size, use_cached_tasks, mesh)
-    return ensemble.run(evaluator, model, members, frozen, batch_size, mesh, decoding)
-  trainable, step, source = load_trainable(abstract_trainable, prompt_file, model_dir)
-  frozen = weights.load_frozen(model, frozen_path, batch, trainable_params, mesh)
-  trainable = partitioning.replicate(mesh, trainable)
-  evaluator = make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
-                             batch_size, use_cached_tasks, mesh)
-  if jax.process_index() == 0:
-    print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
-  return run(evaluator, model, trees.merge(trainable, frozen), step, batch_size, mesh,
-             decoding=decoding)

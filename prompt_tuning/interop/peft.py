@@ -54,10 +54,8 @@ import json
 import math
 import os
 import re
-import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
-import gin
 import numpy as np
 
 from prompt_tuning.storage import file_utils
@@ -271,7 +269,7 @@ _IMPORTERS = {"LORA": _lora_params, "PROMPT_TUNING": _prompt_params,
               "PREFIX_TUNING": _prefix_params}
 
 
-def _check_out_dir(out_dir: str, what: str) -> None:
+def check_out_dir(out_dir: str, what: str) -> None:
   if file_utils.exists(out_dir) and (not file_utils.isdir(out_dir)
                                      or file_utils.listdir(out_dir)):
     raise PeftError(f"{what} {out_dir} exists and is not an empty folder: give a new folder "
@@ -285,7 +283,7 @@ def import_adapter(adapter_dir: str, out_dir: str) -> Dict[str, np.ndarray]:
   """Converts a PEFT adapter folder into a numpy checkpoint folder `out_dir`
   (with method.gin); returns the flat parameters written."""
   from prompt_tuning.storage import numpy_checkpoints  # pylint: disable=g-import-not-at-top
-  _check_out_dir(out_dir, "OUT_DIR")
+  check_out_dir(out_dir, "OUT_DIR")
   config, tensors = read_adapter(adapter_dir)
   path = os.path.join(adapter_dir, CONFIG_FILE)
   peft_type = config.get("peft_type")
@@ -322,7 +320,6 @@ def _method_of(model):
 def peft_tensors(model, flat: Dict[str, np.ndarray], base_model: Optional[str] = None):
   """(adapter_config dict, tensors) of the PEFT adapter equal to a run's
   trained parameters `flat` under `model`."""
-  from prompt_tuning import methods  # pylint: disable=g-import-not-at-top
   from prompt_tuning.methods import prompts  # pylint: disable=g-import-not-at-top
   cfg = model.module.config
   prompt, parts = _method_of(model)
@@ -417,79 +414,3 @@ def write_adapter(out_dir: str, config: dict, tensors: Dict[str, np.ndarray]) ->
   if file_utils.exists(out_dir):  # an empty folder (checked)
     file_utils.remove_tree(out_dir)
   file_utils.rename(tmp, out_dir)
-
-
-@gin.configurable(module="peft_interop")
-def export_adapter(*, output_dir: str, model, prompt_file: Optional[str] = None,
-                   model_dir: Optional[str] = None,
-                   trainable_params: Sequence[str] = (),
-                   base_model: Optional[str] = None) -> dict:
-  """pt-export-peft: a run's trained parameters as a PEFT adapter folder."""
-  from prompt_tuning.evaluation import seqio_eval  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.storage import trees  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  if not output_dir:
-    raise PeftError("give --output_dir, the adapter folder to write")
-  _check_out_dir(output_dir, "--output_dir")
-  batch = weights.dummy_batch(1, 8, 4)
-  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
-                               trainable_params)[0]
-  trainable, step, source = seqio_eval.load_trainable(abstract, prompt_file, model_dir)
-  flat = {k: np.asarray(v) for k, v in trees.flatten(trainable).items()}
-  config, tensors = peft_tensors(model, flat, base_model)
-  write_adapter(output_dir, config, tensors)
-  print(f"Wrote {config['peft_type']} adapter of {source} (step {step}) to {output_dir}",
-        flush=True)
-  return config
-
-
-# ---------------------------------------------------------------- commands
-
-IMPORT_PROG = "pt-import-peft"
-
-
-def _import_command(adapter_dir: str, out_dir: str) -> None:
-  """pt-import-peft's work: prints what it wrote, or one error line."""
-  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.storage import numpy_checkpoints  # pylint: disable=g-import-not-at-top
-  try:
-    flat = import_adapter(adapter_dir, out_dir)
-  except (PeftError, numpy_checkpoints.CheckpointDamagedError, file_utils.DiskFullError,
-          OSError) as e:
-    command.fail(IMPORT_PROG, e)
-  count = sum(v.size for v in flat.values())
-  print(f"Wrote {len(flat)} parameters ({count:,} values) and {METHOD_GIN} to {out_dir}",
-        flush=True)
-
-
-def import_main(argv=None) -> int:
-  """`pt-import-peft ADAPTER_DIR OUT_DIR` (absl flags: --verbosity, --help),
-  `argv` being its arguments (sys.argv's when None): the exit status."""
-  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
-  return command.call(IMPORT_PROG, _import_command, sys.argv[1:] if argv is None else argv,
-                      positional=2, usage="ADAPTER_DIR OUT_DIR")
-
-
-def import_console_main():
-  sys.exit(import_main())
-
-
-def export_console_main():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
-  if "output_dir" not in flags.FLAGS:
-    flags.DEFINE_string("output_dir", None, "The PEFT adapter folder to write (new or empty).")
-  if "base_model" not in flags.FLAGS:
-    flags.DEFINE_string("base_model", None, "base_model_name_or_path to record in "
-                        "adapter_config.json (e.g. google/t5-v1_1-base).")
-
-  def main():
-    export_adapter(output_dir=flags.FLAGS.output_dir, base_model=flags.FLAGS.base_model)
-
-  cli.run(main, "pt-export-peft", first_gin_files=("runs/peft_export.gin",),
-          extra_errors=(PeftError,))
-
-
-if __name__ == "__main__":
-  import_console_main()

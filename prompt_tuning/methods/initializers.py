@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import t5x_checkpoints
 
 # SentencePiece ids are ordered by piece likelihood: the first 5000 are the most
 # common tokens (Lester et al., 2021, sampled vocabulary initialisation).

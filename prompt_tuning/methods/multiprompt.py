@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.storage import trees
 from prompt_tuning.methods import smop
 from prompt_tuning.model import t5
+from prompt_tuning.storage import trees
 
 
 def stack_trees(tree_list):

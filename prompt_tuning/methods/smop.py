@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import initializers
+from prompt_tuning.methods import prompts
 from prompt_tuning.model import layers
 from prompt_tuning.model import partitioning
-from prompt_tuning.methods import prompts
 from prompt_tuning.model import t5
 
 SMOP_AXES = ("num_prompts", "prompt", "embed")
@@ -129,3 +129,9 @@ def routing_fractions(model, params, batches: Iterable) -> np.ndarray:
 def routing_metrics(fractions) -> dict:
   """[k] -> {'routing/prompt_0': f_0, ...} (the names pt-train logs)."""
   return {f"routing/prompt_{i}": float(f) for i, f in enumerate(np.asarray(fractions))}
+
+
+def eval_metrics(model, params, batches: Iterable) -> dict:
+  """{'routing/prompt_i': share of the examples routed to prompt i}: what a
+  SMoP model adds to each task's evaluation (methods.eval_metrics_fn)."""
+  return routing_metrics(routing_fractions(model, params, batches))

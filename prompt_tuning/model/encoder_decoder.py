@@ -9,7 +9,6 @@ sharded by the caller.
 import dataclasses
 from typing import Optional, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -19,7 +18,7 @@ from prompt_tuning.model import t5
 EOS_ID = 1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)  # hashable: the key of its jitted functions
 class EncoderDecoderModel:
   module: t5.Transformer
   z_loss: float = 1e-4

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.methods import initializers
-from prompt_tuning.storage import trees
 from prompt_tuning.model import partitioning
+from prompt_tuning.storage import t5x_checkpoints
+from prompt_tuning.storage import trees
 
 
 def dummy_batch(batch_size, input_length, target_length):

@@ -36,8 +36,8 @@ import flax.serialization
 import msgpack
 import numpy as np
 
-from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
 
 DIRNAME = "numpy_checkpoints"

@@ -26,8 +26,8 @@ from absl import logging
 import jax
 import tensorflow as tf
 
-from prompt_tuning.storage import numpy_checkpoints
 from prompt_tuning.model import partitioning
+from prompt_tuning.storage import numpy_checkpoints
 
 PREFIX = "train_ds"
 

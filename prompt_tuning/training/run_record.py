@@ -27,8 +27,8 @@ import gin
 import gin.config
 import jax
 
-from prompt_tuning.storage import file_utils
 from prompt_tuning import gin_utils
+from prompt_tuning.storage import file_utils
 
 FILENAME = "run.json"
 VERSION = 1

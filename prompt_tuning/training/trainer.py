@@ -34,23 +34,24 @@ import numpy as np
 import optax
 
 from prompt_tuning import data
-from prompt_tuning.training import data_state
 from prompt_tuning.evaluation import seqio_eval
-from prompt_tuning.storage import file_utils
 from prompt_tuning import gin_utils
 from prompt_tuning import methods
-from prompt_tuning.model import weights
-from prompt_tuning.storage import numpy_checkpoints
-from prompt_tuning.training import optimizers
-from prompt_tuning.storage import trees
+from prompt_tuning.methods import sites
 from prompt_tuning.model import partitioning
-from prompt_tuning.training import preemption
+from prompt_tuning.model import weights
 from prompt_tuning import progress as progress_lib
+from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import numpy_checkpoints
 from prompt_tuning.storage import run_lock
+from prompt_tuning.storage import trees
+from prompt_tuning.training import data_state
+from prompt_tuning.training import optimizers
+from prompt_tuning.training import preemption
 from prompt_tuning.training import run_record
 from prompt_tuning.training import summaries
 
-DEFAULT_TRAINABLE = seqio_eval.DEFAULT_TRAINABLE
+DEFAULT_TRAINABLE = sites.DEFAULT_TRAINABLE
 
 
 class TrainError(RuntimeError):

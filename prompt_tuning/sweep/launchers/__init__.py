@@ -37,7 +37,7 @@ def names():
 
 def get(name: str):
   """The launcher module called `name` (big_vision style registry by name)."""
-  from prompt_tuning.sweep import main as sweep  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.sweep import grid as sweep  # pylint: disable=g-import-not-at-top
   module_name = f"{__name__}.{name.replace('-', '_')}"
   if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
     raise sweep.SweepError(f"--launcher={name}: not a launcher (known: {', '.join(names())})")
@@ -99,7 +99,7 @@ def log_file(sweep, point):
   """Yields (binary file, shown path) for a point's log, appended to on every
   attempt. A remote SWEEP_DIR gets the file when the attempt ends."""
   from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.sweep import main as sweep_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.sweep import grid as sweep_lib  # pylint: disable=g-import-not-at-top
   final = sweep_lib.join(sweep.sweep_dir, "logs", f"{point.name}.log")
   if not file_utils.is_remote(final):
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -158,7 +158,7 @@ def error_line(log_path: str, fallback: str) -> str:
 
 
 def check_remote_sweep_dir(sweep, launcher: str, schemes=("gs://",)) -> None:
-  from prompt_tuning.sweep import main as sweep_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.sweep import grid as sweep_lib  # pylint: disable=g-import-not-at-top
   if not sweep.sweep_dir.startswith(tuple(schemes)):
     raise sweep_lib.SweepError(
         f"--launcher={launcher} needs a bucket --sweep_dir ({' or '.join(schemes)}...): the "
@@ -171,7 +171,7 @@ def check_setup(sweep, launcher: str) -> None:
   shows the default command in its place."""
   if sweep.dry_run or sweep.options.get("setup"):
     return
-  from prompt_tuning.sweep import main as sweep_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.sweep import grid as sweep_lib  # pylint: disable=g-import-not-at-top
   raise sweep_lib.SweepError(
       f"--launcher={launcher} needs --setup, the command that installs JAX and this package "
       "on each host (prompt-tuning-jax is not on PyPI), e.g. --setup=\"pip install "

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
+from prompt_tuning.sweep import grid as sweep_lib
 from prompt_tuning.sweep import launchers
-from prompt_tuning.sweep import main as sweep_lib
 
 FLAGS_USED = ("visible_devices", "devices_per_point")
 BLOCKING = True

@@ -16,8 +16,8 @@ the commands without SkyPilot.
 import os
 import tempfile
 
+from prompt_tuning.sweep import grid as sweep_lib
 from prompt_tuning.sweep import launchers
-from prompt_tuning.sweep import main as sweep_lib
 
 FLAGS_USED = ("accelerator", "infra", "spot", "num_nodes", "setup", "runtime_version",
               "task_dir", "coordinator_port")

@@ -14,8 +14,8 @@ checkpoint. --dry_run prints the gcloud commands and runs nothing.
 import subprocess
 import time
 
+from prompt_tuning.sweep import grid as sweep_lib
 from prompt_tuning.sweep import launchers
-from prompt_tuning.sweep import main as sweep_lib
 
 FLAGS_USED = ("zone", "project", "accelerator", "runtime_version", "queued", "spot",
               "preemptible", "setup", "poll_seconds")

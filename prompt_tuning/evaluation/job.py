@@ -1,0 +1,97 @@
+"""pt-eval's job, `evaluate` (gin: `evaluation.evaluate`, as runs/prompt_eval.gin
+binds it): checks every setting, loads the frozen model and the trained
+parameters (trained.load_trainable) and runs seqio's Evaluator
+(seqio_eval.run), or an ensemble of prompts (ensemble.run) with PROMPT_FILES.
+The command itself is prompt_tuning/eval.py.
+"""
+import os
+from typing import Mapping, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+
+from prompt_tuning import data
+from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import trained
+from prompt_tuning import gin_utils
+from prompt_tuning.evaluation.seqio_eval import DECODINGS, EvalError
+from prompt_tuning.methods import initializers
+from prompt_tuning.methods.sites import DEFAULT_TRAINABLE
+from prompt_tuning.model import partitioning
+from prompt_tuning.model import weights
+from prompt_tuning.storage import trees
+
+
+@gin.configurable(module="evaluation")
+def evaluate(*,
+             model=gin.REQUIRED,
+             mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             batch_size: int = gin.REQUIRED,
+             checkpoint_path: Optional[str] = None,
+             initial_checkpoint_path: Optional[str] = None,
+             prompt_file: Optional[str] = None,
+             model_dir: Optional[str] = None,
+             eval_output_dir: Optional[str] = None,
+             split: str = "validation",
+             use_cached_tasks: bool = False,
+             mixture_or_task_module=None,
+             trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
+             mesh_fn=partitioning.make_mesh,
+             decoding: str = "auto",
+             vocabulary=None,
+             superglue_data_dir: Optional[str] = None,
+             squad_data_dir: Optional[str] = None,
+             mrqa_data_dir: Optional[str] = None,
+             prompt_files: Optional[Sequence[str]] = None):
+  """Evaluates and returns {task: {metric: value}}.
+
+  With PROMPT_FILES (several prompts), evaluates them as an ensemble in one
+  batched pass (prompt_tuning.evaluation.ensemble) and returns {member_i or 'ensemble':
+  {task: {metric: value}}}.
+  """
+  # Every setting is checked, and the prompt, frozen model and evaluation data
+  # read, before anything is written.
+  gin_utils.check_int("BATCH_SIZE", batch_size, EvalError)
+  lengths = gin_utils.check_feature_lengths(task_feature_lengths, EvalError)
+  gin_utils.check_choice("EVAL_DECODING", decoding, DECODINGS, EvalError)
+  if not isinstance(split, str) or not split:
+    raise EvalError(f"EVAL_SPLIT must be a split name such as 'validation', got {split!r}")
+  frozen_path = checkpoint_path or initial_checkpoint_path
+  if not frozen_path:
+    raise initializers.PromptInitError(
+        "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
+  if eval_output_dir:
+    output_dir = gin_utils.check_folder("EVAL_OUTPUT_DIR", eval_output_dir, EvalError)
+  elif model_dir:
+    output_dir = os.path.join(gin_utils.check_folder("MODEL_DIR", model_dir, EvalError),
+                              "inference_eval")
+  else:
+    raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
+  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
+  data.import_task_modules(mixture_or_task_module)
+  data.get_task(mixture_or_task_name)
+  data.check_vocabularies(mixture_or_task_name)
+  seqio_eval.check_split(mixture_or_task_name, split, need_metrics=True,
+                         hint="set --gin.EVAL_SPLIT to one of them")
+  mesh = mesh_fn()
+  batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
+  abstract_trainable = trees.split(
+      nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]
+  if prompt_files is not None:
+    from prompt_tuning.evaluation import ensemble  # pylint: disable=g-import-not-at-top
+    members = ensemble.load_members(abstract_trainable, model, prompt_file, prompt_files)
+    frozen = weights.load_frozen(model, frozen_path, batch, trainable_params, mesh)
+    evaluator = seqio_eval.make_evaluator(model, mixture_or_task_name, lengths, split,
+                                          output_dir, batch_size, use_cached_tasks, mesh)
+    return ensemble.run(evaluator, model, members, frozen, batch_size, mesh, decoding)
+  trainable, step, source = trained.load_trainable(abstract_trainable, prompt_file, model_dir)
+  frozen = weights.load_frozen(model, frozen_path, batch, trainable_params, mesh)
+  trainable = partitioning.replicate(mesh, trainable)
+  evaluator = seqio_eval.make_evaluator(model, mixture_or_task_name, lengths, split, output_dir,
+                                        batch_size, use_cached_tasks, mesh)
+  if jax.process_index() == 0:
+    print(f"Evaluating {source} (step {step}) on {mixture_or_task_name}:{split}", flush=True)
+  return seqio_eval.run(evaluator, model, trees.merge(trainable, frozen), step, batch_size, mesh,
+                        decoding=decoding)
