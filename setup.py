@@ -16,7 +16,8 @@ import setuptools
 setuptools.setup(
     name="prompt-tuning-jax",
     version="0.1.0",
-    description="Prompt tuning (Lester et al., 2021) and SMoP on frozen T5X checkpoints, in JAX/Flax.",
+    description=("Prompt tuning (Lester et al., 2021) and SMoP on frozen T5X checkpoints, "
+                 "in JAX/Flax."),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

@@ -10,7 +10,8 @@ sequence each step). EOS's logit column is zeroed so that every row runs the
 full length (with random weights EOS would otherwise end rows by chance).
 Compilation is timed apart (`compile_s`); `decode_s` is the median of
 `--repeats` runs, `encode_s` that of the encoder alone (jitted apart), and
-`loop_s_per_token` = (decode_s - encode_s) / length. One JSON line per (length, path), then one per length with
+`loop_s_per_token` = (decode_s - encode_s) / length. One JSON line per
+(length, path), then one per length with
 `speedup` = uncached / cached and whether both produced the same tokens.
 """
 import argparse
@@ -26,7 +27,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning.methods import initializers  # pylint: disable=g-import-not-at-top,wrong-import-order
+from prompt_tuning.methods import initializers  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import prompts  # pylint: disable=g-import-not-at-top
 from prompt_tuning.model import encoder_decoder  # pylint: disable=g-import-not-at-top
 from prompt_tuning.model import t5  # pylint: disable=g-import-not-at-top

@@ -7,7 +7,8 @@ the texts come from our seqio task:
   # 1. In the project's environment: the task's examples, tokenised exactly as
   #    pt-train tokenises them (T5's vocabulary, TASK_FEATURE_LENGTHS truncation).
   python bench/peft_baseline.py dump --task taskless_super_glue_rte_v102 \\
-      --superglue_data_dir ../shared/data/fewglue --vocabulary ../shared/data/t5_vocab/spiece.model \\
+      --superglue_data_dir ../shared/data/fewglue \\
+      --vocabulary ../shared/data/t5_vocab/spiece.model \\
       --inputs 512 --targets 8 --out /tmp/rte_tokens.npz
 
   # 2. In an environment with torch, transformers and peft:
@@ -81,8 +82,10 @@ def _pad(rows, length=None):
 
 def run(args):
   import torch  # pylint: disable=g-import-not-at-top
-  from peft import PromptTuningConfig, TaskType, get_peft_model  # pylint: disable=g-import-not-at-top
-  from transformers import T5Config, T5ForConditionalGeneration  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from peft import PromptTuningConfig, TaskType, get_peft_model
+  from transformers import T5Config, T5ForConditionalGeneration
+  # pylint: enable=g-import-not-at-top
   from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(args.seed)
@@ -100,7 +103,8 @@ def run(args):
                         relative_step=False, warmup_init=False, beta1=None, clip_threshold=1.0)
   rng = np.random.RandomState(args.seed)
   if args.fixed:
-    source = [(rng.randint(2, 32000, args.fixed), np.append(rng.randint(2, 32000, args.targets - 1), 1))
+    source = [(rng.randint(2, 32000, args.fixed),
+               np.append(rng.randint(2, 32000, args.targets - 1), 1))
               for _ in range(args.batch * 4)]
   else:
     with np.load(args.tokens, allow_pickle=True) as z:
@@ -138,7 +142,8 @@ def run(args):
       "data": f"fixed {args.fixed}" if args.fixed else args.tokens,
       "steps": args.steps, "step_s": step_s, "examples_per_s": args.batch / step_s,
       # Over the mean step, as bench/task_step.py's examples_per_s.
-      "step_s_mean": statistics.mean(times), "examples_per_s_mean": args.batch / statistics.mean(times),
+      "step_s_mean": statistics.mean(times),
+      "examples_per_s_mean": args.batch / statistics.mean(times),
       "encoder_padded_fraction": 1 - real / padded, "final_loss": float(loss),
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)

@@ -79,7 +79,8 @@ def parse_args(argv=None):
   parser.add_argument("--buckets", type=int, nargs="*", default=None,
                       help="PADDING_BUCKETS (default: data.DEFAULT_BUCKETS)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
-                      help="activation dtype (ACTIVATION_DTYPE; bfloat16 is T5 1.1's and pt-train's)")
+                      help="activation dtype (ACTIVATION_DTYPE; bfloat16 is T5 1.1's and "
+                      "pt-train's)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--peak-size", type=int, default=2048)
   args = parser.parse_args(argv)

@@ -255,7 +255,8 @@ def matmul_peak(n=2048, repeats=5, dtype="float32"):
 
 def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY):
   """Compiles and times the train step of one method; returns the JSON row."""
-  model = encoder_decoder.EncoderDecoderModel(module=t5.Transformer(config, prompt=prompt, sites=sites))
+  model = encoder_decoder.EncoderDecoderModel(
+      module=t5.Transformer(config, prompt=prompt, sites=sites))
   shapes_batch = weights.dummy_batch(1, args.inputs, args.targets)
   trainable = weights.init_trainable(model, jax.random.PRNGKey(args.seed), shapes_batch,
                                           methods.TRAINABLE_PARAMS)

@@ -26,9 +26,11 @@ gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")
 gin.external_configurable(seqio.ByteVocabulary, module="seqio")
 
 # The programs' jobs (`train`, `evaluate`, `infer`) are gin-configurable too.
-from prompt_tuning.evaluation import job as _evaluation  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
-from prompt_tuning.evaluation import predict as _infer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
-from prompt_tuning.training import trainer as _trainer  # pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order
+# pylint: disable=unused-import,g-import-not-at-top,g-bad-import-order,wrong-import-position
+from prompt_tuning.evaluation import job as _evaluation
+from prompt_tuning.evaluation import predict as _infer
+from prompt_tuning.training import trainer as _trainer
+# pylint: enable=unused-import,g-import-not-at-top,g-bad-import-order,wrong-import-position
 
 
 @gin.configurable("configured_model", module="configurables")
@@ -38,11 +40,9 @@ def _configured_model(model=gin.REQUIRED):
 
 def build_model(gin_files, bindings=()):
   """The `MODEL` that gin files (and bindings) configure, outside pt-train and
-  pt-eval (demos, benchmarks, tests). Leaves gin's config cleared."""
+  pt-eval (demos, benchmarks, the Python API, tests). The caller's gin config,
+  if any, is as it was afterwards (gin_utils.isolated)."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
-  gin.clear_config()
-  gin_utils.parse(list(gin_files), list(bindings) + ["configured_model.model = %MODEL"])
-  try:
+  with gin_utils.isolated():
+    gin_utils.parse(list(gin_files), list(bindings) + ["configured_model.model = %MODEL"])
     return _configured_model()
-  finally:
-    gin.clear_config()

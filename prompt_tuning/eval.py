@@ -10,7 +10,8 @@ PROMPT_FILES (a list of prompts) evaluates them as an ensemble in one batched
 pass: each member's results and the majority vote's (`prompt_tuning.evaluation.ensemble`).
 
     pt-eval --gin_file=models/t5_1_1_base_prompt.gin --gin_file=runs/prompt_eval.gin \
-            --gin.CHECKPOINT_PATH="'gs://...'" --gin.PROMPT_FILE="'.../encoder.prompt.prompt.npy'" ...
+            --gin.CHECKPOINT_PATH="'gs://...'" \
+            --gin.PROMPT_FILE="'.../encoder.prompt.prompt.npy'" ...
 """
 from prompt_tuning import cli
 

@@ -7,6 +7,7 @@
 - Overriding a macro that no config uses (a typo such as `--gin.TRAIN_STEP=10`)
   is an error rather than a silent no-op.
 """
+import contextlib
 import difflib
 import logging
 import numbers
@@ -70,18 +71,63 @@ def _macro_references(value, found):
   return found
 
 
+# gin has no public API that lists a parsed config's bindings under their full
+# selectors (gin.config_str shortens them, and run.json keys must not change):
+# this module is the one place that reads gin.config._CONFIG.
+def _config():
+  return gin.config._CONFIG  # pylint: disable=protected-access
+
+
+def format_value(value) -> str:
+  """A value as gin text (`@models.EncoderDecoderModel()`, `%NAME`, `[1, 2]`)."""
+  return gin.config._format_value(value)  # pylint: disable=protected-access
+
+
+def bindings() -> dict:
+  """{'MACRO' or '[scope/]selector.param': gin text} for every binding of the
+  parsed config (selectors without the package's `prompt_tuning.` prefix)."""
+  out = {}
+  for (scope, selector), params in _config().items():
+    for param, value in params.items():
+      if selector == "gin.macro":
+        key = scope
+      else:
+        key = f"{selector.removeprefix('prompt_tuning.')}.{param}"
+        key = f"{scope}/{key}" if scope else key
+      out[key] = format_value(value)
+  return dict(sorted(out.items()))
+
+
 def referenced_macros() -> set:
   """Every macro name used as %NAME anywhere in the parsed config."""
   found = set()
-  for params in gin.config._CONFIG.values():  # pylint: disable=protected-access
+  for params in _config().values():
     for value in params.values():
       _macro_references(value, found)
   return found
 
 
 def defined_macros() -> set:
-  return {selector for (selector, name) in gin.config._CONFIG  # pylint: disable=protected-access
-          if name == "gin.macro"}
+  return {selector for (selector, name) in _config() if name == "gin.macro"}
+
+
+@contextlib.contextmanager
+def isolated():
+  """Within it, gin's global config is the caller's to replace; on leaving,
+  the config that was there before (its bindings, and its lock) comes back.
+  For library calls that parse a config of their own (configurables.build_model,
+  prompt_tuning.api) inside a program or notebook that has its own."""
+  saved, locked = gin.config_str(), gin.config_is_locked()
+  gin.clear_config()
+  try:
+    yield
+  finally:
+    gin.clear_config()
+    if saved.strip():
+      with gin.unlock_config():
+        gin.parse_config(saved)
+      if locked:
+        gin.finalize()
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str],

@@ -41,6 +41,8 @@ def console_main():
   flag_values = _define_flags()
 
   def main():
+    if flag_values.task:
+      command.load_tensorflow()  # task modules import seqio, which imports TensorFlow: quietly
     try:
       text = run(checkpoint=flag_values.checkpoint, prompt=flag_values.prompt,
                  top_k=flag_values.top_k, output_dir=flag_values.output_dir,

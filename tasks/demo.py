@@ -51,7 +51,8 @@ def _source(mode):
 
 
 def exact_match(targets, predictions):
-  return {"accuracy": 100.0 * sum(t == p for t, p in zip(targets, predictions)) / max(len(targets), 1)}
+  right = sum(t == p for t, p in zip(targets, predictions))
+  return {"accuracy": 100.0 * right / max(len(targets), 1)}
 
 
 for _mode in ("pretrain", "last_word"):

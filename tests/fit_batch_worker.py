@@ -26,7 +26,8 @@ def main():
   targets = np.zeros((2, 8), np.int32)
   targets[:, :3 + 2 * me] = 7
   batch = {"encoder_input_tokens": inputs, "decoder_target_tokens": targets,
-           "decoder_input_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+           "decoder_input_tokens": targets,
+           "decoder_loss_weights": (targets > 0).astype(np.float32)}
   local = data.fit_batch(batch, data.Padding(mode="buckets"), multihost=False)
   agreed = data.fit_batch(batch, data.Padding(mode="buckets"))
   print(json.dumps({"process": me,

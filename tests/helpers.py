@@ -99,7 +99,8 @@ def xla_flags(devices):
 
 
 def run_cli(prog, args, timeout=300):
-  env = {k: v for k, v in os.environ.items() if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
   module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval",

@@ -44,7 +44,8 @@ DECODE_STEPS = 4
 
 
 def peft_configs():
-  from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
   seq2seq = TaskType.SEQ_2_SEQ_LM
   inner = CONFIG["heads"] * CONFIG["head_dim"]
   return {
@@ -105,7 +106,8 @@ def scores(model, inputs):
       tokens = np.concatenate([tokens, step[:, None]], 1)
   generated = generated.numpy()[:, 1:]  # drop the start id 0
   generated = np.pad(generated, ((0, 0), (0, DECODE_STEPS - generated.shape[1])))
-  return dict(logits=logits, target_loglik=mhr._target_loglik(logits, targets),  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  return dict(logits=logits, target_loglik=mhr._target_loglik(logits, targets),
               greedy=tokens[:, 1:].astype(np.int32), generate=generated.astype(np.int32))
 
 

@@ -1,4 +1,5 @@
-"""Tests of prompt_tuning.storage.t5x_checkpoints on the real tiny T5X checkpoint and round trips."""
+"""Tests of prompt_tuning.storage.t5x_checkpoints on the real tiny T5X
+checkpoint and round trips."""
 import gzip
 import itertools
 import json

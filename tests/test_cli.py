@@ -44,9 +44,11 @@ def test_pt_eval_writes_seqio_results(trained, tmp_path):
   result = helpers.run_cli("pt-eval", FILES + ["--gin_file=runs/prompt_eval.gin"]
                            + helpers.as_flags(bindings))
   assert result.returncode == 0, result.stderr[-3000:]
-  metrics = [json.loads(l) for l in (tmp_path / "demo_last_word-metrics.jsonl").read_text().splitlines()]
+  metrics = [json.loads(l) for l in
+             (tmp_path / "demo_last_word-metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == 2 and 0 <= metrics[-1]["accuracy"] <= 100
-  rows = [json.loads(l) for l in (tmp_path / "demo_last_word-000002.jsonl").read_text().splitlines()]
+  rows = [json.loads(l) for l in
+          (tmp_path / "demo_last_word-000002.jsonl").read_text().splitlines()]
   assert len(rows) == 256
   assert {"input", "target", "prediction"} <= set(rows[0])
 

@@ -42,7 +42,8 @@ def test_published_sizes(family, size):
   assert config.vocab_size == (250112 if family == "mt5" else 32128)
   assert config.logits_via_embedding == (family == "t5_1_0")
   assert tuple(config.mlp_activations) == (("relu",) if family == "t5_1_0" else ("gelu", "linear"))
-  assert (config.relative_attention_num_buckets, config.relative_attention_max_distance) == (32, 128)
+  assert (config.relative_attention_num_buckets,
+          config.relative_attention_max_distance) == (32, 128)
 
 
 def test_overrides_win_over_files():

@@ -103,7 +103,8 @@ TINY = dict(vocab=32128, emb=4, heads=2, head_dim=2, mlp=8, num_encoder_layers=2
 def _direct_params(ckpt):
   """The checkpoint's target arrays read with gzip/msgpack/numpy only."""
   out = {}
-  for name, value in direct._flat(direct._raw_tree(ckpt)["optimizer"]["target"]):  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  for name, value in direct._flat(direct._raw_tree(ckpt)["optimizer"]["target"]):
     if isinstance(value, dict):
       value = direct._read_zarr(ckpt / value["kvstore"]["path"])  # pylint: disable=protected-access
     out[name] = np.asarray(value, np.float32)
@@ -133,11 +134,14 @@ def test_relative_position_buckets_match_t5():
   from prompt_tuning.model import layers  # pylint: disable=g-import-not-at-top
   rel = np.arange(-300, 300)
   for bidirectional in (True, False):
-    got = dict(zip(rel.tolist(), layers.relative_position_bucket(rel, bidirectional, 32, 128).tolist()))
-    ref = hf_ref._relpos_buckets(1, 301, bidirectional, 32, 128)[0]  # pylint: disable=protected-access
+    got = dict(zip(rel.tolist(),
+                   layers.relative_position_bucket(rel, bidirectional, 32, 128).tolist()))
+    # pylint: disable-next=protected-access
+    ref = hf_ref._relpos_buckets(1, 301, bidirectional, 32, 128)[0]
     assert [got[r] for r in range(0, 300)] == ref[:300].tolist()
     if bidirectional:
-      assert [got[0], got[-1], got[1], got[7], got[8], got[-8], got[200]] == [0, 1, 17, 23, 24, 8, 31]
+      assert ([got[0], got[-1], got[1], got[7], got[8], got[-8], got[200]]
+              == [0, 1, 17, 23, 24, 8, 31])
     else:
       assert [got[0], got[-1], got[1], got[-15], got[-16], got[-200]] == [0, 1, 0, 15, 16, 31]
 
@@ -172,7 +176,8 @@ def test_prompt_initialiser_runs_only_at_init():
   config = t5.T5Config(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
                        num_encoder_layers=1, num_decoder_layers=1, dtype="float32",
                        dropout_rate=0.0)
-  model = encoder_decoder.EncoderDecoderModel(t5.Transformer(config, prompt=prompts.Prompt(3, init)))
+  model = encoder_decoder.EncoderDecoderModel(
+      t5.Transformer(config, prompt=prompts.Prompt(3, init)))
   batch = weights.dummy_batch(2, 5, 3)
   weights.abstract_params(model, batch)
   assert not calls

@@ -212,7 +212,8 @@ def test_one_example_and_ensembles_decode():
   from prompt_tuning.methods import multiprompt  # pylint: disable=g-import-not-at-top
   model = _model()
   batch = {k: v[:1] for k, v in helpers.loss_batch().items()}
-  one = [np.asarray(model.predict_batch(helpers.perturbed_params(model), batch, max_decode_length=6, cached=c))
+  one = [np.asarray(model.predict_batch(helpers.perturbed_params(model), batch,
+                                        max_decode_length=6, cached=c))
          for c in (True, False)]
   np.testing.assert_array_equal(one[0], one[1])
   members = []

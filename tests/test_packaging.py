@@ -62,7 +62,8 @@ def test_wheel_holds_tasks_gin_configs_and_console_scripts(installed):
     names = set(z.namelist())
     entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
   for name in ["prompt_tuning/tasks/__init__.py", "prompt_tuning/tasks/super_glue.py",
-               "prompt_tuning/sweep/launchers/__init__.py", "prompt_tuning/sweep/launchers/tpu_vm.py",
+               "prompt_tuning/sweep/launchers/__init__.py",
+               "prompt_tuning/sweep/launchers/tpu_vm.py",
                "prompt_tuning/gin/models/t5_1_1_base_prompt.gin",
                "prompt_tuning/gin/models/sizes/tiny.gin", "prompt_tuning/gin/runs/prompt_eval.gin",
                "prompt_tuning/gin/prompts/class_labels.gin", "prompt_tuning/gin/methods/mam.gin",

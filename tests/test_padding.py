@@ -75,9 +75,11 @@ def test_fit_batch_cuts_each_group_to_its_bucket():
   assert fitted["encoder_input_tokens"].shape == (2, 16)
   assert {fitted[k].shape for k in batch if k.startswith("decoder")} == {(2, 12)}
   assert fitted["index"] is batch["index"]
-  np.testing.assert_array_equal(fitted["encoder_input_tokens"], batch["encoder_input_tokens"][:, :16])
+  np.testing.assert_array_equal(fitted["encoder_input_tokens"],
+                                batch["encoder_input_tokens"][:, :16])
   assert data.fit_batch(batch, data.Padding(mode="fixed")) is batch
-  assert data.fit_batch(batch, data.Padding(buckets=[4, 40]))["encoder_input_tokens"].shape == (2, 40)
+  wide = data.fit_batch(batch, data.Padding(buckets=[4, 40]))
+  assert wide["encoder_input_tokens"].shape == (2, 40)
   assert data.padded_fraction(fitted) == pytest.approx(1 - (13 + 9) / (2 * 16 + 2 * 12))
   # A batch of padding only (an evaluation process whose part ran out).
   empty = data.fit_batch({k: v[:0] for k, v in batch.items()}, data.Padding())

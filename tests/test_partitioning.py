@@ -25,7 +25,8 @@ def test_model_split_run_matches_unsplit_run(tmp_path, dtype, monkeypatch, froze
     result = helpers.run_cli("pt-train", args + [f"--gin.MODEL_DIR='{tmp_path / name}'",
                                                  f"--gin.NUM_PARTITIONS={partitions}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    prompts[name] = np.load(tmp_path / name / "numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.npy")
+    prompts[name] = np.load(
+        tmp_path / name / "numpy_checkpoints/checkpoint_3/encoder.prompt.prompt.npy")
   # bf16: the split model sums its partial products in another order, and
   # each rounding to bf16 is 2^-8 relative.
   np.testing.assert_allclose(prompts["mesh"], prompts["unsplit"],

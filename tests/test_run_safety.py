@@ -183,8 +183,8 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path, frozen_ckpt):
     # The second run differs in lr: refused by the config check or the lock, never run.
     line = assert_one_line_error(second, "pt-train")
     assert "MODEL_DIR" in line
-    second = helpers.run_cli_here("pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000",
-                                                    *common))
+    second = helpers.run_cli_here(
+        "pt-train", train_args(model_dir, ckpt, "--gin.TRAIN_STEPS=100000", *common))
     assert_one_line_error(second, "pt-train", f"in use by another pt-train (pid {first.pid}")
     assert (model_dir / "config.gin").read_text() == config_before
     first.send_signal(signal.SIGTERM)  # pending until it runs again
@@ -204,8 +204,8 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path, frozen_ckpt):
                                                    f"--gin.TRAIN_STEPS={step + 2}", *common))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   straight = tmp_path / "straight"
-  result = helpers.run_cli_here("pt-train", train_args(straight, ckpt, f"--gin.TRAIN_STEPS={step + 2}",
-                                                  *common))
+  result = helpers.run_cli_here(
+      "pt-train", train_args(straight, ckpt, f"--gin.TRAIN_STEPS={step + 2}", *common))
   assert result.returncode == 0, result.stderr[-3000:]
   name = f"numpy_checkpoints/checkpoint_{step + 2}/{PROMPT}"
   np.testing.assert_array_equal(np.load(model_dir / name), np.load(straight / name))

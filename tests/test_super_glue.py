@@ -427,7 +427,8 @@ def test_jsonl_source_equals_tfds_builder(config, split, sg, release_dir):
   assert ds.element_spec == builder.info.features.get_tensor_spec()
   path = superglue_jsonl.split_path(release_dir, config, split)
   theirs = [_py(builder.info.features.encode_example(ex)) for _, ex in
-            builder._generate_examples(data_file=path, split=split)]  # pylint: disable=protected-access
+            # pylint: disable-next=protected-access
+            builder._generate_examples(data_file=path, split=split)]
   ours = [_py(ex) for ex in ds.as_numpy_iterator()]
   assert ours == theirs and ours
 

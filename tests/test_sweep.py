@@ -238,7 +238,8 @@ def test_report_subcommand_is_dispatched(monkeypatch):
 def test_parent_never_starts_a_jax_backend(tmp_path):
   """Validation imports the library (and JAX) but must leave the accelerators
   to the points: on a TPU VM a backend here would hold every chip."""
-  probe = ("import sys; from prompt_tuning.sweep import main as sweep; from jax._src import xla_bridge;"
+  probe = ("import sys; from prompt_tuning.sweep import main as sweep; "
+           "from jax._src import xla_bridge;"
            f"status = sweep.main(['pt-sweep', *{BASE!r}, '--sweep=PROMPT_LENGTH=[1, 2]',"
            f" '--sweep_dir={tmp_path}', '--dry_run']);"
            "started = getattr(xla_bridge, 'backends_are_initialized',"

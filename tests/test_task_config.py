@@ -186,7 +186,8 @@ def test_fresh_process_env_defaults_then_configuration(tmp_path, t5_vocab_path):
       from prompt_tuning import data
       env = dict(os.environ)
       task = seqio.get_mixture_or_task("glue_rte_v002")
-      assert task.output_features["inputs"].vocabulary.sentencepiece_model_file == {str(t5_vocab_path)!r}
+      vocabulary = task.output_features["inputs"].vocabulary
+      assert vocabulary.sentencepiece_model_file == {str(t5_vocab_path)!r}
       vocab = seqio.ByteVocabulary(extra_ids=7)
       data.configure_sources(vocab, {str(tmp_path)!r})
       from prompt_tuning.tasks import super_glue  # After configure_sources.

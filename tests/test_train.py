@@ -38,7 +38,8 @@ def test_only_prompt_changes_and_loss_falls(tmp_path_factory):
   import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
   model = demo.demo_model()
   folder = conftest.shared_dir(tmp_path_factory, "demo_pretrained_300", _pretrain)
-  frozen = jax.tree_util.tree_map(jnp.asarray, t5x_checkpoints.load_params(folder / "checkpoint_300"))
+  frozen = jax.tree_util.tree_map(jnp.asarray,
+                                  t5x_checkpoints.load_params(folder / "checkpoint_300"))
   ds = data.get_dataset("demo_last_word", {"inputs": 32, "targets": 8}, "train", 32, seed=0)
   batches = list(ds.take(60).as_numpy_iterator())
   shapes = {k: jnp.asarray(v[:1]) for k, v in batches[0].items()}
@@ -128,7 +129,9 @@ def test_nan_loss_stops_with_clear_error(tmp_path, frozen_ckpt):
   for name, periods in (("every", ["CHECKPOINT_PERIOD = 1", "LOG_PERIOD = 1"]),
                         ("deferred", ["CHECKPOINT_PERIOD = 1000", "LOG_PERIOD = 1000"])):
     model_dir = tmp_path / name
-    with pytest.raises(trainer.TrainError, match=r"(loss is (nan|inf)|the updated prompt is not finite) at step \d+.*checkpoints up to step \d+ are intact") as e:
+    with pytest.raises(trainer.TrainError,
+                       match=(r"(loss is (nan|inf)|the updated prompt is not finite) at step "
+                              r"\d+.*checkpoints up to step \d+ are intact")) as e:
       helpers.train_in_process(model_dir, [f"INITIAL_CHECKPOINT_PATH = '{frozen_ckpt}'",
                                            "EVAL_PERIOD = None", "TRAIN_STEPS = 20", *periods,
                                            "optimizers.adafactor.learning_rate = 1e30",

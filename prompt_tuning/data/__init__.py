@@ -11,6 +11,7 @@ from prompt_tuning.data.padding import (DEFAULT_BUCKETS, GROUPS, PADDINGS, Paddi
                                         agreed_lengths, configured_padding, fit_batch,
                                         group_by_length, needed_lengths, padded_fraction)
 from prompt_tuning.data.pipeline import feature_converter, first_batch, get_dataset
+from prompt_tuning.data.config import DataConfig
 from prompt_tuning.data.errors import DataError
 from prompt_tuning.data.sources import (check_vocabularies, configure_sources, get_task,
                                         import_task_modules)

@@ -246,7 +246,8 @@ class Ensemble:
   def _vote_on_strings(self, vocabulary):
     """The greedy vote: members agree when their outputs decode to the same
     string; ties are scored (a second jitted call) only in batches that hold one."""
-    summed_fn = seqio_eval.jitted((self.model, "ensemble", "summed"), lambda: _summed_scores_fn(self.model))
+    summed_fn = seqio_eval.jitted((self.model, "ensemble", "summed"),
+                                  lambda: _summed_scores_fn(self.model))
 
     def finish(result, extras, real):
       strings = [[vocabulary.decode(t.tolist()) for t in row] for row in result["tokens"]]

@@ -5,7 +5,7 @@ parameters (trained.load_trainable) and runs seqio's Evaluator
 The command itself is prompt_tuning/eval.py.
 """
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -25,36 +25,32 @@ from prompt_tuning.storage import trees
 
 @gin.configurable(module="evaluation")
 def evaluate(*,
+             data_config: Optional[data.DataConfig] = None,
              model=gin.REQUIRED,
-             mixture_or_task_name: str = gin.REQUIRED,
-             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             batch_size: int = gin.REQUIRED,
              checkpoint_path: Optional[str] = None,
              initial_checkpoint_path: Optional[str] = None,
              prompt_file: Optional[str] = None,
              model_dir: Optional[str] = None,
              eval_output_dir: Optional[str] = None,
              split: str = "validation",
-             use_cached_tasks: bool = False,
-             mixture_or_task_module=None,
              trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
              mesh_fn=partitioning.make_mesh,
              decoding: str = "auto",
-             vocabulary=None,
-             superglue_data_dir: Optional[str] = None,
-             squad_data_dir: Optional[str] = None,
-             mrqa_data_dir: Optional[str] = None,
-             prompt_files: Optional[Sequence[str]] = None):
+             prompt_files: Optional[Sequence[str]] = None,
+             **legacy):
   """Evaluates and returns {task: {metric: value}}.
 
   With PROMPT_FILES (several prompts), evaluates them as an ensemble in one
   batched pass (prompt_tuning.evaluation.ensemble) and returns {member_i or 'ensemble':
-  {task: {metric: value}}}.
+  {task: {metric: value}}}. `data_config` and `legacy` as in trainer.train.
   """
+  data_config = data.config.resolve(data_config, legacy, "evaluate", EvalError)
+  mixture_or_task_name = data_config.mixture_or_task_name
+  batch_size, use_cached_tasks = data_config.batch_size, data_config.use_cached_tasks
   # Every setting is checked, and the prompt, frozen model and evaluation data
   # read, before anything is written.
   gin_utils.check_int("BATCH_SIZE", batch_size, EvalError)
-  lengths = gin_utils.check_feature_lengths(task_feature_lengths, EvalError)
+  gin_utils.check_feature_lengths(data_config.task_feature_lengths, EvalError)
   gin_utils.check_choice("EVAL_DECODING", decoding, DECODINGS, EvalError)
   if not isinstance(split, str) or not split:
     raise EvalError(f"EVAL_SPLIT must be a split name such as 'validation', got {split!r}")
@@ -69,10 +65,7 @@ def evaluate(*,
                               "inference_eval")
   else:
     raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
-  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
-  data.import_task_modules(mixture_or_task_module)
-  data.get_task(mixture_or_task_name)
-  data.check_vocabularies(mixture_or_task_name)
+  lengths = data_config.prepare(EvalError)
   seqio_eval.check_split(mixture_or_task_name, split, need_metrics=True,
                          hint="set --gin.EVAL_SPLIT to one of them")
   mesh = mesh_fn()

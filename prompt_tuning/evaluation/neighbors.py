@@ -83,7 +83,8 @@ def load_prompt(path: str) -> np.ndarray:
     raise NeighborsError("--prompt is required: a .npy prompt or a numpy checkpoint folder")
   if not file_utils.exists(path):
     raise NeighborsError(f"--prompt {path} does not exist")
-  from prompt_tuning.storage import numpy_checkpoints  # pylint: disable=g-import-not-at-top  (flax: slow)
+  # pylint: disable-next=g-import-not-at-top  (flax: slow)
+  from prompt_tuning.storage import numpy_checkpoints
   if os.path.isdir(path) or (file_utils.is_remote(path) and not path.endswith(".npy")):
     try:
       value = numpy_checkpoints.load_params(path, [PROMPT_PARAM])
@@ -154,8 +155,6 @@ def load_embedding(checkpoint_path: str) -> np.ndarray:
 def task_labels(task: str, task_module: Optional[Sequence[str]]) -> list:
   """The class labels a task registered (prompt_tuning.tasks.labels)."""
   import importlib  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import command  # pylint: disable=g-import-not-at-top
-  command.load_tensorflow()  # task modules import seqio, which imports TensorFlow: quietly
   from prompt_tuning.tasks import labels  # pylint: disable=g-import-not-at-top
   for module in task_module or ():
     try:

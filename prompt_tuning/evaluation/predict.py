@@ -314,27 +314,24 @@ def infer(input_path: str,
           output_path: Optional[str],
           prompt_files,
           *,
+          data_config: Optional[data.DataConfig] = None,
           model=gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
           checkpoint_path: Optional[str] = None,
           initial_checkpoint_path: Optional[str] = None,
-          mixture_or_task_module=None,
           trainable_params: Sequence[str] = sites.DEFAULT_TRAINABLE,
           mesh_fn=partitioning.make_mesh,
           decoding: str = "auto",
-          vocabulary=None,
-          superglue_data_dir: Optional[str] = None,
-          squad_data_dir: Optional[str] = None,
-          mrqa_data_dir: Optional[str] = None) -> list:
+          **legacy) -> list:
   """Predicts every example of `input_path`, writes `output_path` (process 0)
   and returns the output dicts. `prompt_files`: {task: path}, or --prompts
-  values (parse_prompts)."""
+  values (parse_prompts). `data_config` (its task name unused: each example
+  names its task) and `legacy` as in trainer.train."""
   if decoding not in DECODINGS:
     raise gin_utils.ConfigError(f"EVAL_DECODING must be one of {DECODINGS} for pt-infer, got "
                                 f"{decoding!r}")
-  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
-  data.import_task_modules(mixture_or_task_module)
+  data_config = data.config.resolve(data_config, legacy, "infer", gin_utils.ConfigError)
+  batch_size = data_config.batch_size
+  lengths = data_config.prepare(gin_utils.ConfigError, need_task=False)
   if not isinstance(prompt_files, Mapping):
     prompt_files = parse_prompts(prompt_files, set(seqio.TaskRegistry.names()))
   for task in prompt_files:
@@ -345,7 +342,6 @@ def infer(input_path: str,
     raise initializers.PromptInitError(
         "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
   mesh = mesh_fn()
-  lengths = dict(task_feature_lengths)
   batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
   abstract_trainable = trees.split(
       nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]

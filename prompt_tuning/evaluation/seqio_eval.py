@@ -236,25 +236,25 @@ class Loggers(seqio.Logger):
 
   def _set(self, output_dir):
     self.output_dir = output_dir
-    self._loggers = ((seqio.JSONLogger(output_dir=output_dir),
+    self._writers = ((seqio.JSONLogger(output_dir=output_dir),
                       seqio.TensorBoardLogger(output_dir=output_dir)) if self.writes else ())
 
   @contextlib.contextmanager
   def writing_to(self, output_dir=None, extra=None):
     """Within it, into `output_dir` (None: the same) with `extra`
     ({task: {metric: value}}) added to each task's metrics."""
-    saved = (self.output_dir, self._loggers, self.extra)
+    saved = (self.output_dir, self._writers, self.extra)
     if output_dir is not None:
       self._set(output_dir)
     self.extra = extra or {}
     try:
       yield self
     finally:
-      self.output_dir, self._loggers, self.extra = saved
+      self.output_dir, self._writers, self.extra = saved
 
   def __call__(self, task_name, step, metrics, dataset, inferences, targets):
     more = {k: seqio.metrics.Scalar(v) for k, v in self.extra.get(task_name, {}).items()}
-    for logger in self._loggers:
+    for logger in self._writers:
       logger(task_name=task_name, step=step, metrics={**metrics, **more}, dataset=dataset,
              inferences=inferences, targets=targets)
 

@@ -13,7 +13,6 @@ jits the init): file I/O and tokenisation happen in Python at trace time, and
 only the random draws use jax.random on the (traced) rng, so a run's initial
 prompt is a deterministic function of its seed.
 """
-import contextlib
 import functools
 import io
 import math
@@ -33,33 +32,6 @@ from prompt_tuning.storage import t5x_checkpoints
 POPULATION_SIZE = 5000
 EMBEDDING_NAME = "token_embedder/embedding"
 _NPY_MAGIC = b"\x93NUMPY"
-
-
-_SHAPES_ONLY = []
-
-
-@contextlib.contextmanager
-def shapes_only():
-  """Within it, prompt initialisers return zeros: for tracing a model's
-  parameter shapes (jax.eval_shape) without reading checkpoints or files."""
-  _SHAPES_ONLY.append(True)
-  try:
-    yield
-  finally:
-    _SHAPES_ONLY.pop()
-
-
-def lazy(init, initializing=True):
-  """Wraps a prompt initialiser so that it does no work under `shapes_only`,
-  nor outside init (Flax's `param()` traces the initialiser in `apply` too, to
-  check the stored shape: pass `module.is_initializing()`)."""
-  def wrapped(rng, shape, dtype=jnp.float32):
-    if not initializing:
-      return jnp.zeros(shape, dtype)
-    if _SHAPES_ONLY:
-      return jnp.zeros(shape, dtype)
-    return init(rng, shape, dtype)
-  return wrapped
 
 
 class PromptInitError(ValueError):

@@ -60,8 +60,7 @@ def encode(model, params, tokens):
     return encoded, mask, jnp.zeros(tokens.shape[:1], jnp.int32)
   (encoded, mask), state = model.module.apply(
       {"params": params}, tokens, method=t5.Transformer.encode, mutable=["intermediates"])
-  find = smop._find  # pylint: disable=protected-access
-  return encoded, mask, find(state["intermediates"], "routing_index")
+  return encoded, mask, smop.find(state["intermediates"], "routing_index")
 
 
 def label_log_likelihoods(model, params, encoded, mask, label_ids):

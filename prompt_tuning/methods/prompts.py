@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from prompt_tuning.methods import initializers
+from prompt_tuning.model import weights
 
 PROMPT_AXES = ("prompt", "embed")
 
@@ -43,7 +44,7 @@ class Prompt(nn.Module):
   def __call__(self, input_tokens, embedded, mask, deterministic=True):
     del input_tokens, deterministic
     length = initializers.check_positive("PROMPT_LENGTH", self.length)
-    init = initializers.lazy(self.init, self.is_initializing())
+    init = weights.lazy(self.init, self.is_initializing())
     prompt = self.param("prompt", nn.with_logical_partitioning(init, PROMPT_AXES),
                         (length, embedded.shape[-1]), jnp.float32)
     return prepend(prompt, embedded, mask)

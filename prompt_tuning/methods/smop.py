@@ -35,6 +35,7 @@ from prompt_tuning.methods import prompts
 from prompt_tuning.model import layers
 from prompt_tuning.model import partitioning
 from prompt_tuning.model import t5
+from prompt_tuning.model import weights
 
 SMOP_AXES = ("num_prompts", "prompt", "embed")
 ROUTER_AXES = ("embed", "num_prompts")
@@ -71,7 +72,7 @@ class SMoP(nn.Module):
     del input_tokens
     k = initializers.check_positive("SMOP_NUM_PROMPTS", self.num_prompts)
     length = initializers.check_positive("PROMPT_LENGTH", self.length)
-    init = initializers.lazy(self.init, self.is_initializing())
+    init = weights.lazy(self.init, self.is_initializing())
     table = self.param("prompt", nn.with_logical_partitioning(init, SMOP_AXES),
                        (k, length, embedded.shape[-1]), jnp.float32)
     logits = layers.Dense(k, ROUTER_AXES, jnp.float32, kernel_init=self.router_init,
@@ -93,7 +94,7 @@ def is_smop(model) -> bool:
   return isinstance(getattr(getattr(model, "module", None), "prompt", None), SMoP)
 
 
-def _find(tree, name):
+def find(tree, name):
   """The first sown leaf called `name` in an intermediates tree."""
   for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if name in [getattr(p, "key", None) for p in path]:
@@ -106,7 +107,7 @@ def routing_index(module, params, encoder_input_tokens):
   """The prompt each example is routed to in evaluation (noise-free) [b]."""
   _, state = module.apply({"params": params}, encoder_input_tokens,
                           method=t5.Transformer.encode, mutable=["intermediates"])
-  return _find(state["intermediates"], "routing_index")
+  return find(state["intermediates"], "routing_index")
 
 
 def routing_fractions(model, params, batches: Iterable) -> np.ndarray:

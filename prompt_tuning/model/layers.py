@@ -383,7 +383,8 @@ class MultiHeadAttention(nn.Module):
       weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     out = out.reshape(out.shape[:-2] + (inner,))
-    out = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), self.dtype, name="out", delta=delta("out"),
+    out = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), self.dtype, name="out",
+                delta=delta("out"),
                 kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(
                     out, deterministic)
     return (out, cache) if cache_index is not None else out

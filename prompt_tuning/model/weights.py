@@ -5,16 +5,43 @@ Only the trainable subtree is ever initialised when a checkpoint is given: the
 init function is jitted with everything but that subtree dropped from its
 output, so XLA never materialises random frozen weights.
 """
+import contextlib
 import re
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from prompt_tuning.methods import initializers
 from prompt_tuning.model import partitioning
 from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
+
+
+_SHAPES_ONLY = []
+
+
+@contextlib.contextmanager
+def shapes_only():
+  """Within it, prompt initialisers return zeros: for tracing a model's
+  parameter shapes (jax.eval_shape) without reading checkpoints or files."""
+  _SHAPES_ONLY.append(True)
+  try:
+    yield
+  finally:
+    _SHAPES_ONLY.pop()
+
+
+def lazy(init, initializing=True):
+  """Wraps a prompt initialiser so that it does no work under `shapes_only`,
+  nor outside init (Flax's `param()` traces the initialiser in `apply` too, to
+  check the stored shape: pass `module.is_initializing()`)."""
+  def wrapped(rng, shape, dtype=jnp.float32):
+    if not initializing:
+      return jnp.zeros(shape, dtype)
+    if _SHAPES_ONLY:
+      return jnp.zeros(shape, dtype)
+    return init(rng, shape, dtype)
+  return wrapped
 
 
 def dummy_batch(batch_size, input_length, target_length):
@@ -36,7 +63,7 @@ def abstract_params(model, batch):
 
   Prompt initialisers do no work here (no checkpoint or file is read).
   """
-  with initializers.shapes_only():
+  with shapes_only():
     return jax.eval_shape(_init_fn(model, batch), jax.random.PRNGKey(0))
 
 

@@ -13,7 +13,7 @@ Macro values are JSON where they can be (numbers, strings, booleans, null,
 lists, dicts) and gin's own text otherwise (`@models.EncoderDecoderModel()`).
 `bindings` holds every binding of the operative config as gin text
 (`{"PROMPT_LENGTH": "6", "optimizers.adafactor.learning_rate": "0.3",
-"trainer.train.batch_size": "%BATCH_SIZE", ...}`):
+"data.DataConfig.batch_size": "%BATCH_SIZE", ...}`):
 what a resume is compared against (`changes`). A resume keeps the first
 record and appends `{"step", "time", "changed"}` to its `resumes`.
 """
@@ -24,7 +24,6 @@ import os
 
 from absl import flags
 import gin
-import gin.config
 import jax
 
 from prompt_tuning import gin_utils
@@ -39,7 +38,7 @@ def _jsonable(value):
     json.dumps(value)
     return value
   except (TypeError, ValueError):
-    return gin.config._format_value(value)  # pylint: disable=protected-access
+    return gin_utils.format_value(value)
 
 
 def macro_values() -> dict:
@@ -50,16 +49,7 @@ def macro_values() -> dict:
 
 def bindings() -> dict:
   """{'MACRO' or 'selector.param': gin text} for every binding of the parsed config."""
-  out = {}
-  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
-    for param, value in params.items():
-      if selector == "gin.macro":
-        key = scope
-      else:
-        key = f"{selector.removeprefix('prompt_tuning.')}.{param}"
-        key = f"{scope}/{key}" if scope else key
-      out[key] = gin.config._format_value(value)  # pylint: disable=protected-access
-  return dict(sorted(out.items()))
+  return gin_utils.bindings()
 
 
 # Settings a run may change when resumed: they do not change what it trains.
@@ -76,9 +66,27 @@ RESUMABLE = frozenset([
     "models.EncoderDecoderModel.cached_decoding"] + [
         f"trainer.train.{param}" for param in (
             "train_steps", "eval_period", "log_period", "checkpoint_period", "keep_checkpoints",
-            "eval_decoding", "eval_split", "eval_batch_size", "use_cached_tasks",
-            "mixture_or_task_module", "superglue_data_dir", "squad_data_dir", "mrqa_data_dir",
-            "model_dir", "stop_after_step")])
+            "eval_decoding", "eval_split", "eval_batch_size", "model_dir", "stop_after_step")] + [
+        f"data.DataConfig.{param}" for param in (
+            "use_cached_tasks", "mixture_or_task_module", "superglue_data_dir", "squad_data_dir",
+            "mrqa_data_dir")])
+
+
+def _current_names(bindings: dict) -> dict:
+  """Bindings under today's names: a record written before DataConfig holds
+  the data settings as `trainer.train.batch_size`, ..., today's as
+  `data.DataConfig.batch_size` (with `trainer.train.data_config` pointing
+  there), so that an old run resumes unchanged."""
+  from prompt_tuning.data import config  # pylint: disable=g-import-not-at-top
+  out = {}
+  for key, value in bindings.items():
+    selector, _, param = key.rpartition(".")
+    if selector == "trainer.train" and param in config.FIELDS:
+      key = f"data.DataConfig.{param}"
+    elif key == "trainer.train.data_config" and value == "@data.DataConfig()":
+      continue
+    out[key] = value
+  return out
 
 
 def changes(previous: dict, current: dict) -> tuple:
@@ -86,7 +94,8 @@ def changes(previous: dict, current: dict) -> tuple:
 
   A binding present in one only counts as changed from/to `None`.
   """
-  old, new = previous.get("bindings", {}), current.get("bindings", {})
+  old = _current_names(previous.get("bindings", {}))
+  new = _current_names(current.get("bindings", {}))
   diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k)}
   meaningful = {k: v for k, v in diff.items() if k not in RESUMABLE}

@@ -22,7 +22,7 @@ with a barrier after each checkpoint so no process runs ahead of a write.
 import dataclasses
 import os
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import flax.serialization
@@ -372,12 +372,10 @@ def _loop(*, step_fn, trainable, opt_state, frozen, step_rng, iterator, mesh, st
 
 @gin.configurable(module="trainer")
 def train(*,
+          data_config: Optional[data.DataConfig] = None,
           model_dir: str = gin.REQUIRED,
           model=gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None,
           optimizer_fn=gin.REQUIRED,
           trainable_params: Sequence[str] = DEFAULT_TRAINABLE,
@@ -386,31 +384,31 @@ def train(*,
           eval_period: Optional[int] = 1000,
           eval_split: str = "validation",
           eval_batch_size: Optional[int] = None,
-          use_cached_tasks: bool = False,
-          mixture_or_task_module=None,
           random_seed: int = 0,
           log_period: int = 100,
           shuffle: bool = True,
           mesh_fn=partitioning.make_mesh,
           eval_decoding: str = "auto",
-          vocabulary=None,
-          superglue_data_dir: Optional[str] = None,
-          squad_data_dir: Optional[str] = None,
-          mrqa_data_dir: Optional[str] = None,
-          stop_after_step: Optional[int] = None):
+          stop_after_step: Optional[int] = None,
+          **legacy):
   """Trains the prompt; returns the final trainable parameters (numpy tree).
 
-  `stop_after_step` ends the process early (as a kill would), for tests.
+  `data_config`: the task, lengths, batch size and data sources (runs/data.gin);
+  `legacy`: the same values bound on `train` itself, by configs written
+  before DataConfig (data.config.resolve). `stop_after_step` ends the process
+  early (as a kill would), for tests.
   """
+  data_config = data.config.resolve(data_config, legacy, "train", TrainError)
+  mixture_or_task_name = data_config.mixture_or_task_name
+  task_feature_lengths = data_config.task_feature_lengths
+  batch_size = data_config.batch_size
+  use_cached_tasks = data_config.use_cached_tasks
   _check_settings(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
                   eval_batch_size=eval_batch_size, checkpoint_period=checkpoint_period,
                   keep_checkpoints=keep_checkpoints, eval_period=eval_period,
                   log_period=log_period, random_seed=random_seed, eval_split=eval_split,
                   eval_decoding=eval_decoding, task_feature_lengths=task_feature_lengths)
-  data.configure_sources(vocabulary, superglue_data_dir, squad_data_dir, mrqa_data_dir)
-  data.import_task_modules(mixture_or_task_module)
-  data.get_task(mixture_or_task_name)
-  data.check_vocabularies(mixture_or_task_name)
+  data_config.prepare(TrainError)
   if eval_period:
     seqio_eval.check_split(mixture_or_task_name, eval_split, setting="train.eval_split",
                            error=TrainError, hint=(
