@@ -48,7 +48,14 @@ setuptools.setup(
         "tensorflow-datasets",
         "tensorstore>=0.1.60",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "filelock"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "filelock"],
+        # JAX's own GPU and TPU wheels (README "On a GPU"): CUDA 13 by default,
+        # CUDA 12 for older drivers.
+        "cuda": ["jax[cuda13]"],
+        "cuda12": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
     entry_points={
         "console_scripts": [
             "pt-train=prompt_tuning.train:console_main",

@@ -6,7 +6,7 @@
 What is timed: the training loop of `pt-train` for each padding setting, on
 the real input pipeline (`data.get_dataset`: the task's reading, tokenisation
 and feature conversion, shuffled with seed 0, batched, optionally grouped by
-length; then `data.fit_batch`), the jitted `trainer.make_train_step` (with
+length; then `data.fit_batch`), the jitted `training.step.make_train_step` (with
 `donate_argnums=(0, 1)`, as pt-train), a frozen random-weight T5 1.1 of
 `--size` (bench/train_step.py's configs, dropout 0.1), a prompt of `--prompt`
 tokens, `optimizers.adafactor()` with the paper's settings. Each step is
@@ -46,7 +46,7 @@ from prompt_tuning import data
 from prompt_tuning import methods
 from prompt_tuning.model import weights
 from prompt_tuning.training import optimizers
-from prompt_tuning.training import trainer
+from prompt_tuning.training import step as train_step
 
 HERE = pathlib.Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -114,7 +114,8 @@ class Setting:
                                                  shapes_batch, methods.TRAINABLE_PARAMS)
     optimizer = optimizers.adafactor()
     self.opt_state = optimizer.init(self.trainable)
-    self.step_fn = jax.jit(trainer.make_train_step(model, optimizer), donate_argnums=(0, 1))
+    self.step_fn = jax.jit(train_step.make_train_step(model, optimizer),
+                           donate_argnums=(0, 1))
     self.frozen, self.rng = frozen, jax.random.PRNGKey(args.seed)
     self.iterator = ds.as_numpy_iterator()
     self.seen, self.steady, self.compile_s = set(), [], 0.0

@@ -4,7 +4,7 @@
   python bench/train_step.py --size small --compare-smop   # prompt P=100 vs SMoP 4x5
   python bench/train_step.py --size small --method lora    # or prefix, adapter, mam, ...
 
-What is timed: the jitted step of `trainer.make_train_step` (jitted with
+What is timed: the jitted step of `training.step.make_train_step` (jitted with
 `donate_argnums=(0, 1)`, exactly as `pt-train` does), on a frozen T5 1.1 with
 random weights (`weights.init_random`), the method's parameters (by
 default the prompt) as the only trainable ones (`methods.TRAINABLE_PARAMS`;
@@ -103,7 +103,7 @@ from prompt_tuning.model import t5
 from prompt_tuning.model import weights
 from prompt_tuning.storage import trees
 from prompt_tuning.training import optimizers
-from prompt_tuning.training import trainer
+from prompt_tuning.training import step as train_step
 
 VOCAB_SIZE = 32128
 MAX_TOKEN_ID = 32000  # sentencepiece ids; 32000..32127 are extra ids / padding.
@@ -253,8 +253,10 @@ def matmul_peak(n=2048, repeats=5, dtype="float32"):
   return 2 * n ** 3 / best
 
 
-def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY):
-  """Compiles and times the train step of one method; returns the JSON row."""
+def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers.IDENTITY,
+            keep_compiled=False):
+  """Compiles and times the train step of one method; returns the JSON row
+  (with the compiled step under '_compiled' if `keep_compiled`)."""
   model = encoder_decoder.EncoderDecoderModel(
       module=t5.Transformer(config, prompt=prompt, sites=sites))
   shapes_batch = weights.dummy_batch(1, args.inputs, args.targets)
@@ -264,7 +266,7 @@ def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers
                            trees.merge(trainable, frozen))[0].shape[1]
   optimizer = optimizers.adafactor()
   opt_state = optimizer.init(trainable)
-  step_fn = jax.jit(trainer.make_train_step(model, optimizer), donate_argnums=(0, 1))
+  step_fn = jax.jit(train_step.make_train_step(model, optimizer), donate_argnums=(0, 1))
   rng = jax.random.PRNGKey(args.seed)
 
   start = time.perf_counter()
@@ -313,6 +315,8 @@ def run_one(args, config, prompt, frozen, batch, method, note=None, sites=layers
                smop_emulated=note is not None)
   if note:
     row["note"] = note
+  if keep_compiled:
+    row["_compiled"] = compiled
   return row
 
 

@@ -17,7 +17,7 @@ from prompt_tuning.methods import smop
 from prompt_tuning.model import weights
 from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
-from prompt_tuning.training import summaries
+from prompt_tuning.training import step as train_step
 from prompt_tuning.training import trainer
 
 import helpers  # pylint: disable=g-bad-import-order
@@ -100,7 +100,7 @@ def test_top1_routing_and_probability_scaling():
   sown = state["intermediates"]
   np.testing.assert_array_equal(sown["routing_index"][0], [0, 1])
   np.testing.assert_array_equal(sown["routing_fraction"][0], [0.5, 0.5, 0.0])
-  assert summaries.intermediate_metrics(state["intermediates"]) == {
+  assert train_step.intermediate_metrics(state["intermediates"]) == {
       "routing/prompt_0": 0.5, "routing/prompt_1": 0.5, "routing/prompt_2": 0.0}
   # Evaluation is deterministic; training without noise is seqio_eval.
   again = module.apply({"params": params}, tokens, embedded, mask)[0]
@@ -159,7 +159,7 @@ def test_model_gradients_and_sown_routing(plain):
   for i in range(4):
     assert (np.abs(grad["encoder/prompt/prompt"][i]).max() > 0) == (i in chosen)
   assert np.abs(grad["encoder/prompt/router/kernel"]).max() > 0
-  metrics = summaries.intermediate_metrics(sown)
+  metrics = train_step.intermediate_metrics(sown)
   assert sorted(metrics) == [f"routing/prompt_{i}" for i in range(4)]
   assert float(sum(metrics.values())) == pytest.approx(1.0)
 

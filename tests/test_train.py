@@ -14,6 +14,7 @@ from prompt_tuning.model import weights
 from prompt_tuning.storage import numpy_checkpoints
 from prompt_tuning.storage import trees
 from prompt_tuning.training import optimizers
+from prompt_tuning.training import step as train_step
 from prompt_tuning.training import trainer
 
 import conftest  # pylint: disable=g-bad-import-order
@@ -51,7 +52,7 @@ def test_only_prompt_changes_and_loss_falls(tmp_path_factory):
   opt_state = tx.init(trainable)
   # Optimizer state exists for the prompt only.
   assert max(leaf.size for leaf in jax.tree_util.tree_leaves(opt_state)) == 10 * 64
-  step = jax.jit(trainer.make_train_step(model, tx))
+  step = jax.jit(train_step.make_train_step(model, tx))
   losses = []
   for i, batch in enumerate(batches):
     trainable, opt_state, metrics = step(trainable, opt_state, frozen, batch, jnp.int32(i),

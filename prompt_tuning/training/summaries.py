@@ -31,17 +31,3 @@ def write_config(metric_writer, step: int, macros: Mapping[str, object]) -> None
     elif value is None or isinstance(value, (list, dict)):
       hparams[name] = json.dumps(value)
   metric_writer.write_hparams(hparams)
-
-
-def intermediate_metrics(intermediates) -> dict:
-  """Flattens sown scalars/vectors, e.g. SMoP's `routing_fraction` [k] ->
-  {'routing/prompt_0': ..., ...}."""
-  out = {}
-  flat = jax.tree_util.tree_flatten_with_path(intermediates)[0]
-  for path, value in flat:
-    names = [getattr(p, "key", getattr(p, "idx", "")) for p in path]
-    if "routing_fraction" in names:
-      fractions = jnp.asarray(value).reshape(-1, value.shape[-1]).mean(0)
-      for i in range(value.shape[-1]):
-        out[f"routing/prompt_{i}"] = fractions[i]
-  return out

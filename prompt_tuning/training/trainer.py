@@ -49,6 +49,7 @@ from prompt_tuning.training import data_state
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import preemption
 from prompt_tuning.training import run_record
+from prompt_tuning.training.step import make_train_step
 from prompt_tuning.training import summaries
 
 DEFAULT_TRAINABLE = sites.DEFAULT_TRAINABLE
@@ -56,33 +57,6 @@ DEFAULT_TRAINABLE = sites.DEFAULT_TRAINABLE
 
 class TrainError(RuntimeError):
   """A run that cannot go on (NaN loss, ...); says what to change."""
-
-
-def make_train_step(model, optimizer):
-  """(trainable, opt_state, frozen, batch, step, rng) -> (trainable, opt_state, metrics)."""
-
-  def train_step(trainable, opt_state, frozen, batch, step, rng):
-    dropout_rng = jax.random.fold_in(rng, step)
-
-    def loss_of(tr):
-      return model.loss_fn(trees.merge(tr, frozen), batch, dropout_rng)
-
-    (_, (metrics, intermediates)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-    metrics = dict(metrics)
-    hyperparams = getattr(opt_state, "hyperparams", None) or {}
-    if "learning_rate" in hyperparams:  # optimizers.adafactor's, injected: what this update uses
-      metrics["learning_rate"] = hyperparams["learning_rate"]
-    updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    # The loss is computed before the update: check the updated parameters too,
-    # so a diverged prompt is never checkpointed.
-    metrics["params_finite"] = jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(trainable)]))
-    metrics.update(summaries.intermediate_metrics(intermediates))
-    return trainable, opt_state, metrics
-
-  return train_step
 
 
 def _agreed(value: int, what: str) -> int:
