@@ -6,8 +6,6 @@ from typing import Mapping, Optional
 
 from clu import metric_writers
 import gin
-import jax
-import jax.numpy as jnp
 
 
 def writer(log_dir: Optional[str], *, asynchronous: bool = True) -> metric_writers.MetricWriter:

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
-import optax
 
 from prompt_tuning import data
 from prompt_tuning.evaluation import seqio_eval
