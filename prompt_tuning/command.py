@@ -69,6 +69,29 @@ def load_tensorflow():
   return tf
 
 
+# seqio's warnings that do not apply to runs of this tool, hidden unless
+# --verbosity is given: it advises caching a FunctionDataSource because a
+# restart would reshuffle it, but pt-train restores the exact data position on
+# a restart (training/data_state.py); it warns that TASK_FEATURE_LENGTHS are
+# longer than the evaluation data needs, but each batch is cut to the length
+# bucket its examples need (PADDING = 'buckets', data/padding.py).
+_NOT_FOR_US = ("Using an uncached FunctionDataset for training is not recommended",
+               "Given sequence lengths are longer than necessary")
+
+
+class _HideWarnings:  # a logging filter (an object with `filter`)
+
+  def filter(self, record) -> bool:
+    message = record.getMessage() if hasattr(record, "getMessage") else str(record)
+    return not any(text in message for text in _NOT_FOR_US)
+
+
+def _hide_warnings_not_for_us():
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _HideWarnings) for f in handler.filters):
+    handler.addFilter(_HideWarnings())
+
+
 def parse_flags(prog: str, rewrite=None):
   """absl's flags parser for `app.run`: a bad flag is one `prog: error:`
   line; logs stay at WARNING unless --verbosity is given. `rewrite(argv)`
@@ -84,6 +107,7 @@ def parse_flags(prog: str, rewrite=None):
       fail(prog, f"{first_line(e)} (see {prog} --helpshort)")
     if not FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+      _hide_warnings_not_for_us()
     return rest
   return parse
 

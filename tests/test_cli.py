@@ -1,6 +1,7 @@
 """pt-train / pt-eval as a user runs them: results on disk, and one clear
 error line for each kind of bad input, leaving MODEL_DIR untouched."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -44,6 +45,11 @@ def test_pt_eval_writes_seqio_results(trained, tmp_path):
   result = helpers.run_cli("pt-eval", FILES + ["--gin_file=runs/prompt_eval.gin"]
                            + helpers.as_flags(bindings))
   assert result.returncode == 0, result.stderr[-3000:]
+  # Quiet by default: no absl or TensorFlow log line (seqio's advice that does
+  # not apply here included), only the command's own output.
+  logs = [l for l in result.stderr.splitlines()
+          if re.match(r"[IWEF]\d{4} ", l) or "oneDNN" in l or "absl::InitializeLog" in l]
+  assert logs == [], result.stderr[-3000:]
   metrics = [json.loads(l) for l in
              (tmp_path / "demo_last_word-metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == 2 and 0 <= metrics[-1]["accuracy"] <= 100
