@@ -35,13 +35,13 @@ import sys
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from prompt_tuning import configurables
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import seqio_eval
+from prompt_tuning.evaluation import trained
 from prompt_tuning.model import partitioning
 from prompt_tuning.model import weights
 from prompt_tuning.storage import t5x_checkpoints
@@ -116,9 +116,8 @@ def warm_mode(root, ckpt, paths):
   lengths = {"inputs": 32, "targets": 8}
   batch = weights.dummy_batch(1, 8, 4)
   frozen = weights.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
-  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
-                               ["encoder/prompt/.*"])[0]
-  members = [ensemble.Member(*seqio_eval.load_trainable(abstract, p, None)) for p in paths]
+  abstract = weights.abstract_trainable(model, ["encoder/prompt/.*"])
+  members = [ensemble.Member(*trained.load_trainable(abstract, p, None)) for p in paths]
   evaluator = seqio_eval.make_evaluator(model, "demo_last_word", lengths, "validation",
                                         str(root / "warm"), 32, False, mesh)
 

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import seqio
@@ -114,8 +113,7 @@ def warm_mode(ckpt, prompt_files, inputs, repeats=3):
   model = configurables.build_model(FILES, MODEL)
   mesh = partitioning.make_mesh()
   batch = weights.dummy_batch(1, 8, 4)
-  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
-                               ["encoder/prompt/.*"])[0]
+  abstract = weights.abstract_trainable(model, ["encoder/prompt/.*"])
   infer_model, table = predict.load_prompts(model, abstract, prompt_files)
   frozen = weights.load_frozen(model, ckpt, batch, ["encoder/prompt/.*"], mesh)
   predictor = predict.Predictor(infer_model, frozen, table, LENGTHS, 32, mesh)

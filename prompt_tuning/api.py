@@ -21,7 +21,6 @@ import os
 import tempfile
 from typing import Mapping, Optional, Sequence
 
-import flax.linen as nn
 import jax
 
 from prompt_tuning import configurables
@@ -108,8 +107,7 @@ def load_trained(gin_files: Sequence[str], path: Optional[str] = None,
   configure, from `path` (.npy or numpy checkpoint folder) or else
   `model_dir`'s newest intact checkpoint, checked as pt-eval checks them."""
   model = load_model(gin_files, gin_bindings, **macros)
-  abstract = trees.split(nn.unbox(weights.abstract_params(model, weights.dummy_batch(1, 8, 4))),
-                         sites.TRAINABLE_PARAMS)[0]
+  abstract = weights.abstract_trainable(model, sites.TRAINABLE_PARAMS)
   return trained.load_trainable(abstract, path, model_dir)
 
 

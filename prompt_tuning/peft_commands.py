@@ -25,13 +25,10 @@ def export_adapter(*, output_dir: str, model, prompt_file: Optional[str] = None,
   from prompt_tuning.evaluation import trained  # pylint: disable=g-import-not-at-top
   from prompt_tuning.model import weights  # pylint: disable=g-import-not-at-top
   from prompt_tuning.storage import trees  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise PeftError("give --output_dir, the adapter folder to write")
   check_out_dir(output_dir, "--output_dir")
-  batch = weights.dummy_batch(1, 8, 4)
-  abstract = trees.split(nn.unbox(weights.abstract_params(model, batch)),
-                               trainable_params)[0]
+  abstract = weights.abstract_trainable(model, trainable_params)
   trainable, step, source = trained.load_trainable(abstract, prompt_file, model_dir)
   flat = {k: np.asarray(v) for k, v in trees.flatten(trainable).items()}
   config, tensors = peft_tensors(model, flat, base_model)

@@ -6,7 +6,6 @@ frozen model whose predictions depend on the prompt."""
 import random
 import types
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
@@ -90,8 +89,7 @@ def frozen_model(directory):
 
 
 def abstract_trainable(model):
-  return trees.split(nn.unbox(weights.abstract_params(
-      model, weights.dummy_batch(1, 8, 4))), sites.DEFAULT_TRAINABLE)[0]
+  return weights.abstract_trainable(model, sites.DEFAULT_TRAINABLE)
 
 
 def evaluate(ckpt, out, bindings, files=()):

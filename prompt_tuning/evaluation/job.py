@@ -7,7 +7,6 @@ The command itself is prompt_tuning/eval.py.
 import os
 from typing import Optional, Sequence
 
-import flax.linen as nn
 import gin
 import jax
 
@@ -49,8 +48,6 @@ def evaluate(*,
   batch_size, use_cached_tasks = data_config.batch_size, data_config.use_cached_tasks
   # Every setting is checked, and the prompt, frozen model and evaluation data
   # read, before anything is written.
-  gin_utils.check_int("BATCH_SIZE", batch_size, EvalError)
-  gin_utils.check_feature_lengths(data_config.task_feature_lengths, EvalError)
   gin_utils.check_choice("EVAL_DECODING", decoding, DECODINGS, EvalError)
   if not isinstance(split, str) or not split:
     raise EvalError(f"EVAL_SPLIT must be a split name such as 'validation', got {split!r}")
@@ -65,13 +62,12 @@ def evaluate(*,
                               "inference_eval")
   else:
     raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
-  lengths = data_config.prepare(EvalError)
+  lengths = data_config.prepare(EvalError)  # checks BATCH_SIZE and TASK_FEATURE_LENGTHS too
   seqio_eval.check_split(mixture_or_task_name, split, need_metrics=True,
                          hint="set --gin.EVAL_SPLIT to one of them")
   mesh = mesh_fn()
   batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
-  abstract_trainable = trees.split(
-      nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]
+  abstract_trainable = weights.abstract_trainable(model, trainable_params, batch)
   if prompt_files is not None:
     from prompt_tuning.evaluation import ensemble  # pylint: disable=g-import-not-at-top
     members = ensemble.load_members(abstract_trainable, model, prompt_file, prompt_files)

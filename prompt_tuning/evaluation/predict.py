@@ -13,7 +13,6 @@ import os
 import time
 from typing import Mapping, Optional, Sequence
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -343,8 +342,7 @@ def infer(input_path: str,
         "no frozen model: set CHECKPOINT_PATH (or INITIAL_CHECKPOINT_PATH) to a T5X checkpoint")
   mesh = mesh_fn()
   batch = weights.dummy_batch(1, lengths["inputs"], lengths["targets"])
-  abstract_trainable = trees.split(
-      nn.unbox(weights.abstract_params(model, batch)), trainable_params)[0]
+  abstract_trainable = weights.abstract_trainable(model, trainable_params, batch)
   chief = jax.process_index() == 0
   # What --output holds is checked now, before anything is loaded or written.
   writer = OutputWriter(output_path, examples) if output_path and chief else None

@@ -67,6 +67,14 @@ def abstract_params(model, batch):
     return jax.eval_shape(_init_fn(model, batch), jax.random.PRNGKey(0))
 
 
+def abstract_trainable(model, patterns, batch=None):
+  """Unboxed ShapeDtypeStructs of the parameters whose names match `patterns`:
+  what a file of trained parameters is checked against (trained.load_trainable).
+  The shapes do not depend on the batch's lengths; `batch` defaults to a tiny one."""
+  batch = dummy_batch(1, 8, 4) if batch is None else batch
+  return trees.split(nn.unbox(abstract_params(model, batch)), patterns)[0]
+
+
 def init_trainable(model, rng, batch, patterns, mesh=None):
   """Initialises only the parameters whose names match `patterns`."""
   init = _init_fn(model, batch)

@@ -114,13 +114,12 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
   return run_record.resumed(previous, record, start_step, harmless)
 
 
-def _check_settings(*, model_dir, train_steps, batch_size, eval_batch_size, checkpoint_period,
+def _check_settings(*, model_dir, train_steps, eval_batch_size, checkpoint_period,
                     keep_checkpoints, eval_period, log_period, random_seed, eval_split,
-                    eval_decoding, task_feature_lengths) -> None:
+                    eval_decoding) -> None:
   """TrainError for a configured value that cannot work, before anything is read or written."""
   gin_utils.check_folder("MODEL_DIR", model_dir, TrainError)
   gin_utils.check_int("TRAIN_STEPS", train_steps, TrainError, minimum=0)
-  gin_utils.check_int("BATCH_SIZE", batch_size, TrainError)
   gin_utils.check_int("train.eval_batch_size", eval_batch_size, TrainError,
                       none_means="for BATCH_SIZE")
   gin_utils.check_int("CHECKPOINT_PERIOD", checkpoint_period, TrainError)
@@ -130,7 +129,6 @@ def _check_settings(*, model_dir, train_steps, batch_size, eval_batch_size, chec
                       none_means="to train without evaluation")
   gin_utils.check_int("LOG_PERIOD", log_period, TrainError)
   gin_utils.check_int("RANDOM_SEED", random_seed, TrainError, minimum=None)
-  gin_utils.check_feature_lengths(task_feature_lengths, TrainError)
   gin_utils.check_choice("EVAL_DECODING", eval_decoding, seqio_eval.DECODINGS, TrainError)
   if not isinstance(eval_split, str) or not eval_split:
     raise TrainError(
@@ -373,15 +371,14 @@ def train(*,
   """
   data_config = data.config.resolve(data_config, legacy, "train", TrainError)
   mixture_or_task_name = data_config.mixture_or_task_name
-  task_feature_lengths = data_config.task_feature_lengths
   batch_size = data_config.batch_size
   use_cached_tasks = data_config.use_cached_tasks
-  _check_settings(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
+  _check_settings(model_dir=model_dir, train_steps=train_steps,
                   eval_batch_size=eval_batch_size, checkpoint_period=checkpoint_period,
                   keep_checkpoints=keep_checkpoints, eval_period=eval_period,
                   log_period=log_period, random_seed=random_seed, eval_split=eval_split,
-                  eval_decoding=eval_decoding, task_feature_lengths=task_feature_lengths)
-  data_config.prepare(TrainError)
+                  eval_decoding=eval_decoding)
+  lengths = data_config.prepare(TrainError)  # checks BATCH_SIZE and TASK_FEATURE_LENGTHS too
   if eval_period:
     seqio_eval.check_split(mixture_or_task_name, eval_split, setting="train.eval_split",
                            error=TrainError, hint=(
@@ -390,7 +387,6 @@ def train(*,
   random_seed = _agreed(random_seed, "RANDOM_SEED")
   mesh = mesh_fn()
   layout = partitioning.data_layout(mesh)
-  lengths = dict(task_feature_lengths)
   train_ds = data.get_dataset(mixture_or_task_name, lengths, "train", batch_size,
                               shuffle=shuffle, seed=random_seed, use_cached=use_cached_tasks,
                               layout=layout)
