@@ -142,6 +142,15 @@ CASES = {
                       ["EVAL_DECODING must be one of", "'rank'", "got 'beam'"]),
     "remat_policy": ("pt-train", "fresh", ["--gin.REMAT_POLICY='full'"],
                      ["REMAT_POLICY must be one of", "'matmuls'", "got 'full'"]),
+    # Parameters of the jobs themselves: a misspelt one (accepted by gin as an
+    # old-style data binding) and a data config that is not one.
+    "unknown_train_parameter": ("pt-train", "trained", ["--gin_bindings=train.batch_szie = 8"],
+                                ["train has no parameter 'batch_szie'",
+                                 "did you mean train.batch_size?"]),
+    "data_config_not_a_config": ("pt-train", "fresh", ["--gin_bindings=train.data_config = 3"],
+                                 ["train.data_config must be @data.DataConfig()", "got 3"]),
+    "unknown_eval_parameter": ("pt-eval", "trained", ["--gin_bindings=evaluate.splt = 'x'"],
+                               ["evaluate has no parameter 'splt'"]),
     "eval_batch_size_0": ("pt-eval", "trained", ["--gin.BATCH_SIZE=0"],
                           ["BATCH_SIZE must be a positive integer, got 0"]),
     # 3. the evaluation split.

@@ -26,14 +26,12 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import data
-from prompt_tuning.methods import sites
 from prompt_tuning.model.encoder_decoder import EOS_ID
 from prompt_tuning.model import losses
 from prompt_tuning.model import partitioning
 from prompt_tuning import progress
 from prompt_tuning.storage import file_utils
 
-DEFAULT_TRAINABLE = sites.DEFAULT_TRAINABLE
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 
