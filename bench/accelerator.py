@@ -47,6 +47,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import tables
 from prompt_tuning.model import encoder_decoder
 from prompt_tuning.model import layers
 from prompt_tuning.model import t5
@@ -136,7 +137,7 @@ def print_plan(args):
                       "inputs": args.inputs, "prompt": args.prompt,
                       **{k: v / GB for k, v in items.items()}, "total_gb": total / GB,
                       "device_gb": args.device_gb, "fits": total < args.device_gb * GB}))
-  print(_markdown(["size", "remat", "batch x inputs + prompt", "weights GB", "activations GB",
+  print(tables.markdown(["size", "remat", "batch x inputs + prompt", "weights GB", "activations GB",
                    "logits + prompt state GB", "total GB", f"fits {args.device_gb:g} GB"], rows))
 
 
@@ -145,11 +146,6 @@ def print_plan(args):
 
 def _config(size, dtype, policy):
   return dataclasses.replace(tsb.make_config(size, dtype), remat_policy=policy)
-
-
-def _markdown(header, rows):
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def _device_peak_gb():
@@ -306,7 +302,7 @@ def table(rows) -> str:
     elif kind == "largest_batch":
       out.append([f"largest batch {r['size']} remat={r['remat']}", str(r["largest_batch"]),
                   "-", "-", "-", "-", "-", "-", "-", "-"])
-  return _markdown(["row", "batch", "ms", "examples/s", "model TFLOP/s", "MFU (measured peak)",
+  return tables.markdown(["row", "batch", "ms", "examples/s", "model TFLOP/s", "MFU (measured peak)",
                     "MFU (datasheet)", "XLA GB", "device peak GB", "plan GB"], out)
 
 

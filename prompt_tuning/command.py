@@ -82,8 +82,7 @@ _NOT_FOR_US = ("Using an uncached FunctionDataset for training is not recommende
 class _HideWarnings:  # a logging filter (an object with `filter`)
 
   def filter(self, record) -> bool:
-    message = record.getMessage() if hasattr(record, "getMessage") else str(record)
-    return not any(text in message for text in _NOT_FOR_US)
+    return not any(text in record.getMessage() for text in _NOT_FOR_US)
 
 
 def _hide_warnings_not_for_us():
