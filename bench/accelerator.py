@@ -302,8 +302,9 @@ def table(rows) -> str:
     elif kind == "largest_batch":
       out.append([f"largest batch {r['size']} remat={r['remat']}", str(r["largest_batch"]),
                   "-", "-", "-", "-", "-", "-", "-", "-"])
-  return tables.markdown(["row", "batch", "ms", "examples/s", "model TFLOP/s", "MFU (measured peak)",
-                    "MFU (datasheet)", "XLA GB", "device peak GB", "plan GB"], out)
+  return tables.markdown(["row", "batch", "ms", "examples/s", "model TFLOP/s",
+                         "MFU (measured peak)", "MFU (datasheet)", "XLA GB", "device peak GB",
+                         "plan GB"], out)
 
 
 def parse_args(argv=None):
