@@ -1,5 +1,7 @@
-"""Trained parameters from a file: the one loader of them, for pt-eval,
-ensembles, pt-infer, pt-neighbors and pt-export-peft.
+"""Trained parameters from a file: the one loader of them against a model, for
+pt-eval, ensembles, pt-infer, pt-export-peft and the Python API. (pt-neighbors
+reads a prompt with no model to check it against, any [P, d] or [k, P, d]
+array, and keeps its own reader in evaluation/neighbors.py.)
 
 `load_trainable` reads a .npy prompt or a numpy checkpoint folder (MODEL_DIR's
 newest intact one by default), checked against the model's trainable
@@ -13,7 +15,6 @@ from prompt_tuning.methods import initializers
 from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import numpy_checkpoints
 from prompt_tuning.storage import trees
-
 
 
 def _step_of(path: str) -> int:
@@ -69,5 +70,3 @@ def load_trainable(abstract_trainable, prompt_file: Optional[str], model_dir: Op
           f"{directory}: {name} has shape {list(got)}, the model expects "
           f"{list(want)} (check PROMPT_LENGTH)")
   return params, _step_of(directory), directory
-
-
