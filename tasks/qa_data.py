@@ -38,6 +38,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.storage import file_utils
 from prompt_tuning.tasks import sources
 
 SQUAD_TFDS_NAME = "squad/v1.1:3.0.0"
@@ -111,14 +112,16 @@ MRQA_SETS = {
 @contextlib.contextmanager
 def _open_text(path: str):
   """A text stream (local or gs://) of a file, gunzipped when it is gzip (by its magic bytes)."""
-  with tf.io.gfile.GFile(path, "rb") as raw:
+  # Through the project's storage layer (a local disk or gs://).
+  with (io.BytesIO(file_utils.read_bytes(path)) if file_utils.is_remote(path)
+        else open(path, "rb")) as raw:
     if raw.read(2) == b"\x1f\x8b":
       raw.seek(0)
       with gzip.GzipFile(fileobj=raw) as unzipped:
         yield io.TextIOWrapper(unzipped, encoding="utf-8")
       return
-  with tf.io.gfile.GFile(path, "r") as text:
-    yield text
+    raw.seek(0)
+    yield io.TextIOWrapper(raw, encoding="utf-8")
 
 
 def read_mrqa_header(path: str) -> dict:
@@ -176,8 +179,7 @@ def read_squad(path: str) -> Iterator[dict]:
     ValueError: when the file is not SQuAD's JSON (the message names it).
   """
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      articles = json.loads(f.read().decode("utf-8"))["data"]
+    articles = json.loads(file_utils.read_bytes(path).decode("utf-8"))["data"]
     questions = {}
     for article in articles:
       for paragraph in article["paragraphs"]:
@@ -279,7 +281,7 @@ class _QaSource(seqio.DataSource):
                                   shard_info=shard_info)
       return ds.map(self._from_tfds, num_parallel_calls=tf.data.AUTOTUNE)
     path = self.file_path(split)
-    if not tf.io.gfile.exists(path):
+    if not file_utils.exists(path):
       raise FileNotFoundError(self._missing(path, split))
     self._check_file(path)  # A wrong file fails here, not inside tf.data.
     # The examples come in file order; seqio's Task shuffles them.
@@ -372,7 +374,7 @@ class MrqaSource(_QaSource):
     """`<data_dir>/<train|dev>/<File>.jsonl.gz`, or the `.jsonl` when only that exists."""
     self._check_split(split)
     path = os.path.join(self._data_dir or "", self._relative(split))
-    return path if tf.io.gfile.exists(path) else path + ".gz"
+    return path if file_utils.exists(path) else path + ".gz"
 
   def _read(self, path: str) -> Iterator[dict]:
     return read_mrqa(path)

@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from prompt_tuning.storage import file_utils
 from prompt_tuning.tasks import superglue_jsonl
 
 SUPERGLUE_DATA_DIR_ENV = "SUPERGLUE_DATA_DIR"
@@ -156,7 +157,7 @@ class SuperGlueSource(seqio.DataSource):
 
   def _read_jsonl(self, split: str) -> tf.data.Dataset:
     path = self.jsonl_path(split)
-    if not tf.io.gfile.exists(path):
+    if not file_utils.exists(path):
       raise FileNotFoundError(
           f"SuperGLUE file {path} not found: set {_SET_DATA_DIR} to the unzipped "
           f"official SuperGLUE release, or prepare TFDS {self._tfds_name} with "

@@ -20,12 +20,15 @@ Layout of the release (one folder per task, as in the SuperGLUE zip):
 `BoolQ/train.jsonl`, `BoolQ/val.jsonl`, `BoolQ/test.jsonl`, ...,
 `AX-b/AX-b.jsonl`, `AX-g/AX-g.jsonl` (the diagnostics only have a test split).
 """
+import io
 import json
 import os
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import tensorflow as tf
+
+from prompt_tuning.storage import file_utils
 
 # TFDS config -> folder of the official release.
 RELEASE_DIRS = {
@@ -174,7 +177,7 @@ def read_examples(path: str, config: str) -> list[dict]:
       and the field.
   """
   examples = []
-  with tf.io.gfile.GFile(path, "r") as f:
+  with io.StringIO(file_utils.read_bytes(path).decode("utf-8"), newline=None) as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue

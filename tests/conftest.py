@@ -161,3 +161,28 @@ def pytest_collection_modifyitems(session, config, items):
   del session, config
   rank = {name: i for i, name in enumerate(SLOW_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A fake-gcs-server for this test process (one per xdist worker that
+  asks), with the bucket gcs_emulator.BUCKET; STORAGE_EMULATOR_HOST points
+  this process and every process it starts at it. Skips (with the reason)
+  only where the bundled binary cannot run here."""
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  server = gcs_emulator.Server(str(tmp_path_factory.mktemp("gcs") / "root"))
+  try:
+    server.start()
+  except OSError as e:
+    pytest.skip(f"no local GCS server: {e}")
+  server.create_bucket(gcs_emulator.BUCKET)
+  saved = os.environ.get("STORAGE_EMULATOR_HOST")
+  os.environ["STORAGE_EMULATOR_HOST"] = server.url
+  try:
+    yield server
+  finally:
+    server.stop()
+    if saved is None:
+      os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+      os.environ["STORAGE_EMULATOR_HOST"] = saved

@@ -18,6 +18,7 @@ import pytest
 
 from prompt_tuning.storage import numpy_checkpoints
 
+import gcs_emulator  # pylint: disable=g-bad-import-order
 import helpers  # pylint: disable=g-bad-import-order
 from test_cli import assert_one_line_error  # pylint: disable=g-bad-import-order
 
@@ -87,15 +88,24 @@ COMMON = ["TRAIN_STEPS = 4", "EVAL_PERIOD = 2", "CHECKPOINT_PERIOD = 2", "LOG_PE
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, frozen_ckpt):
+def runs(tmp_path_factory, frozen_ckpt, request):
   """The same 4-step run (eval at steps 2 and 4) as 1 process x 8 devices and
-  as 2 processes x 4 devices."""
+  as 2 processes x 4 devices; the latter with its MODEL_DIR in a bucket of the
+  local GCS server (copied to root/two afterwards for the comparisons), or on
+  the local disk where that server cannot run."""
   root = tmp_path_factory.mktemp("multihost")
   ckpt = frozen_ckpt
+  try:
+    request.getfixturevalue("gcs")
+    two = f"gs://{gcs_emulator.BUCKET}/multihost-{root.name}"
+  except pytest.skip.Exception:
+    two = root / "two"
   out = {}
-  for name, processes, devices in (("one", 1, 8), ("two", 2, 4)):
-    out[name] = launch("prompt_tuning.train", train_args(root / name, ckpt, *COMMON),
+  for name, model_dir, processes, devices in (("one", root / "one", 1, 8), ("two", two, 2, 4)):
+    out[name] = launch("prompt_tuning.train", train_args(model_dir, ckpt, *COMMON),
                        processes, devices)
+  if isinstance(two, str):
+    gcs_emulator.download(two, root / "two")
   return root, ckpt, out
 
 

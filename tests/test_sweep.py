@@ -416,3 +416,56 @@ def test_failing_points_do_not_stop_the_others(tmp_path):
     assert point["error"].startswith("pt-train: error:") and task in point["error"]
     assert f"unknown task or mixture '{task}'" in log.read_text()
     assert f"FAILED MIXTURE_OR_TASK_NAME={task}" in result.stdout
+
+
+SKYPILOT = "skypilot>=0.14,<0.15"
+
+
+def _skypilot_python():
+  """A virtualenv with SkyPilot (not a dependency of ours: 90-odd packages),
+  made once on this machine and kept (PT_TEST_SKYPILOT_VENV, default
+  ~/.cache/prompt-tuning-jax/skypilot-0.14); its python. Skips with the reason
+  where it cannot be installed (no package registry)."""
+  venv = os.environ.get("PT_TEST_SKYPILOT_VENV") or os.path.join(
+      os.path.expanduser("~"), ".cache", "prompt-tuning-jax", "skypilot-0.14")
+  python = os.path.join(venv, "bin", "python")
+  ready = os.path.join(venv, "installed")
+  if not os.path.exists(ready):
+    made = subprocess.run([sys.executable, "-m", "venv", "--clear", venv], capture_output=True,
+                          text=True, check=False)
+    pip = subprocess.run([python, "-m", "pip", "install", "-q", SKYPILOT], capture_output=True,
+                         text=True, timeout=900, check=False) if made.returncode == 0 else made
+    if pip.returncode != 0:
+      pytest.skip(f"cannot install {SKYPILOT} into {venv}: {pip.stderr.strip()[-300:]}")
+    open(ready, "w").close()
+  return python
+
+
+def test_skypilot_loads_the_task_yaml_with_its_own_loader(tmp_path, capsys):
+  """The task files pt-sweep writes, read by SkyPilot itself (sky.Task.from_yaml,
+  which validates them against its schema): a GPU multi-node spot task and a
+  TPU pod task."""
+  for name, extra in (("gpu", ["--accelerator=A100:8", "--num_nodes=2", "--spot", "--infra=gcp"]),
+                      ("tpu", ["--accelerator=tpu-v4-32", "--runtime_version=tpu-vm-base"])):
+    status, _, err = run_in_process(
+        capsys, *BASE, "--sweep=PROMPT_LENGTH=[1]", "--sweep_dir=gs://bucket/sweep",
+        "--launcher=skypilot", *extra, f"--task_dir={tmp_path / name}", "--dry_run")
+    assert status == 0, err
+    sweep.FLAGS.unparse_flags()
+  script = ("import json, sys, sky\n"
+            "for path in sys.argv[1:]:\n"
+            "  task = sky.Task.from_yaml(path)\n"
+            "  (r,) = task.resources\n"
+            "  print(json.dumps([task.name, task.num_nodes, r.accelerators, r.use_spot,\n"
+            "                    str(r.cloud), r.accelerator_args, task.run, task.setup]))\n")
+  paths = [str(next((tmp_path / name).glob("*.yaml"))) for name in ("gpu", "tpu")]
+  result = subprocess.run([_skypilot_python(), "-c", script, *paths], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (gpu, tpu) = [json.loads(line) for line in result.stdout.splitlines()]
+  mine = [yaml.safe_load(open(p, encoding="utf-8")) for p in paths]
+  assert gpu[:6] == [mine[0]["name"], 2, {"A100": 8}, True, "GCP", None]
+  assert tpu[:6] == [mine[1]["name"], 1, {"tpu-v4-32": 1}, False, "GCP",
+                     {"runtime_version": "tpu-vm-base"}]
+  assert [gpu[6], gpu[7]] == [mine[0]["run"], mine[0]["setup"]]
+  assert [tpu[6], tpu[7]] == [mine[1]["run"], mine[1]["setup"]]

@@ -234,27 +234,36 @@ class Loggers(seqio.Logger):
 
   def _set(self, output_dir):
     self.output_dir = output_dir
-    self._writers = ((seqio.JSONLogger(output_dir=output_dir),
-                      seqio.TensorBoardLogger(output_dir=output_dir)) if self.writes else ())
+    # seqio's loggers write through TensorFlow's file system; a gs:// folder
+    # gets their files through the storage layer (file_utils.Mirror).
+    self._mirror = (file_utils.Mirror(output_dir, pull=("-metrics.jsonl",))
+                    if self.writes and file_utils.is_remote(output_dir) else None)
+    local = self._mirror.local if self._mirror else output_dir
+    self._writers = ((seqio.JSONLogger(output_dir=local),
+                      seqio.TensorBoardLogger(output_dir=local)) if self.writes else ())
 
   @contextlib.contextmanager
   def writing_to(self, output_dir=None, extra=None):
     """Within it, into `output_dir` (None: the same) with `extra`
     ({task: {metric: value}}) added to each task's metrics."""
-    saved = (self.output_dir, self._writers, self.extra)
+    saved = (self.output_dir, self._writers, self.extra, self._mirror)
     if output_dir is not None:
       self._set(output_dir)
     self.extra = extra or {}
     try:
       yield self
     finally:
-      self.output_dir, self._writers, self.extra = saved
+      if output_dir is not None and self._mirror is not None:
+        self._mirror.close()
+      self.output_dir, self._writers, self.extra, self._mirror = saved
 
   def __call__(self, task_name, step, metrics, dataset, inferences, targets):
     more = {k: seqio.metrics.Scalar(v) for k, v in self.extra.get(task_name, {}).items()}
     for logger in self._writers:
       logger(task_name=task_name, step=step, metrics={**metrics, **more}, dataset=dataset,
              inferences=inferences, targets=targets)
+    if self._mirror is not None:
+      self._mirror.sync()
 
 
 @dataclasses.dataclass

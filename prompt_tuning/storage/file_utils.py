@@ -1,44 +1,310 @@
-"""Atomic file writes, locally and on gs:// (through tf.io.gfile).
+"""The one storage layer: every file the runner itself reads or writes, on a
+local disk or in a Cloud Storage bucket (gs://).
 
-Every file the runner writes into MODEL_DIR goes through here: it is written
-under a temporary name and renamed into place, so a crash never leaves a
-half-written file where a complete one is expected. A full disk (or an
-exhausted quota) is reported as DiskFullError naming the file, and the
-partial temporary file is removed.
+Local paths go through `os` (files written under a temporary name, fsynced
+and renamed into place, so a crash never leaves a half-written file where a
+complete one is expected). gs:// paths go through tensorstore's `gcs`
+key-value store: a dependency already (it reads and writes the T5X arrays and
+takes the run lock), it speaks the GCS JSON API to Google or to any endpoint
+named by the standard `STORAGE_EMULATOR_HOST` (a local fake-gcs-server in the
+tests), and it retries transient errors (429 and 5xx) with exponential
+backoff itself. TensorFlow's tf.io.gfile is not used: its GCS client cannot
+be pointed at any endpoint but Google's, so nothing written through it could
+be tested offline, and without credentials it retries for minutes.
+
+An object store has no folders and no rename: a "folder" is a key prefix, a
+single object write is atomic (so files need no temporary name there), and
+a folder rename is copy-then-delete. Checkpoints on gs:// are therefore
+committed by writing their checksums.json last (numpy_checkpoints), not by
+a rename.
+
+Every gs:// operation is bounded: `MAX_RETRIES` attempts with backoff (at
+most `MAX_RETRY_DELAY_S` apart), and a deadline of `TIMEOUT_S` seconds for
+the whole operation (environment: PT_GCS_MAX_RETRIES, PT_GCS_TIMEOUT_S).
+An unreachable endpoint fails after about 24 s with the defaults. A
+failure is a StorageError naming the bucket, what failed and what to check.
+A full disk (or an exhausted quota) is reported as DiskFullError naming the
+file, and the partial temporary file is removed.
 """
+import contextlib
 import errno
+import functools
 import os
+import threading
 from typing import Optional
 import uuid
 
+from absl import logging
 import numpy as np
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_GS = "gs://"
+
+
+MAX_RETRIES = 6  # attempts per request; PT_GCS_MAX_RETRIES changes it
+MAX_RETRY_DELAY_S = 8.0  # backoff from 0.5 s, doubling up to this
+TIMEOUT_S = 120.0  # seconds per operation; PT_GCS_TIMEOUT_S changes it
+
+
+def _env_number(name: str, default, cast):
+  try:
+    value = cast(os.environ.get(name, default))
+  except ValueError:
+    return default
+  return value if value > 0 else default
+
+
+def max_retries() -> int:
+  return _env_number("PT_GCS_MAX_RETRIES", MAX_RETRIES, int)
+
+
+def timeout_s() -> float:
+  return _env_number("PT_GCS_TIMEOUT_S", TIMEOUT_S, float)
 
 
 class DiskFullError(OSError):
   """No space left (disk full or quota exhausted) while writing; says where."""
 
 
+class StorageError(OSError):
+  """A gs:// operation failed (unreachable endpoint, no credentials, access
+  denied, missing bucket, deadline passed); the message is one line naming
+  the bucket, what failed and what to check."""
+
+
 def is_disk_full(e: BaseException) -> bool:
   return isinstance(e, OSError) and e.errno in _NO_SPACE
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
 
 
 def is_remote(path: str) -> bool:
   return "://" in path
 
 
+# ------------------------------------------------------------------ gs://
+
+
+def _split(path: str) -> tuple:
+  """gs://bucket/a/b -> ('bucket', 'a/b')."""
+  if not path.startswith(_GS):
+    raise StorageError(f"{path}: only gs:// (Cloud Storage) remote paths are supported")
+  bucket, _, key = path[len(_GS):].partition("/")
+  if not bucket:
+    raise StorageError(f"{path} names no bucket: use gs://BUCKET/PATH")
+  return bucket, key.strip("/")
+
+
+def emulator_endpoint() -> Optional[str]:
+  """The GCS endpoint named by STORAGE_EMULATOR_HOST (the variable Google's
+  client libraries honour), as a URL; None when unset."""
+  host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip().rstrip("/")
+  if not host:
+    return None
+  return host if "://" in host else f"http://{host}"
+
+
+def configure_gcs_environment() -> None:
+  """Points tensorstore at STORAGE_EMULATOR_HOST when it is set (the standard
+  variable wins over tensorstore's own TENSORSTORE_GCS_HTTP_URL); an emulator
+  takes no credentials, so a placeholder token stands in for them, as
+  Google's client libraries use anonymous credentials there. Called before
+  any gs:// store is opened (tensorstore reads the variables then)."""
+  endpoint = emulator_endpoint()
+  if endpoint:
+    os.environ["TENSORSTORE_GCS_HTTP_URL"] = endpoint
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+
+
+def gcs_context() -> dict:
+  """tensorstore context resources for every gs:// store: bounded retries."""
+  return {"gcs_request_retries": {"max_retries": max_retries(),
+                                  "initial_delay": "0.5s",
+                                  "max_delay": f"{MAX_RETRY_DELAY_S}s"}}
+
+
+def gcs_kvstore_spec(path: str) -> dict:
+  """tensorstore's kvstore spec of a gs:// folder or object (its context
+  bounds the retries)."""
+  configure_gcs_environment()
+  bucket, key = _split(path)
+  return {"driver": "gcs", "bucket": bucket, "path": key, "context": gcs_context()}
+
+
+_quiet_lock = threading.Lock()
+_quieted = set()
+
+
+@contextlib.contextmanager
+def _first_contact_quiet(bucket: str):
+  """tensorstore's C++ logs one line to stderr (file descriptor 2) when it
+  first picks credentials ('Using GOOGLE_AUTH_TOKEN_FOR_TESTING', 'Could not
+  find the credentials file...'); a command's output is its own, so the first
+  request of a process runs with descriptor 2 muted, unless logs were asked
+  for (absl at INFO)."""
+  with _quiet_lock:
+    first = not _quieted and not logging.level_info()
+    _quieted.add(bucket)
+    if not first:
+      yield
+      return
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+      with open(os.devnull, "w", encoding="utf-8") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def _store(bucket: str):
+  configure_gcs_environment()
+  return _open_store(bucket, emulator_endpoint(), max_retries())
+
+
+@functools.lru_cache(maxsize=None)
+def _open_store(bucket: str, endpoint, retries):
+  """One open store per bucket, endpoint and retry setting (a process that
+  changes STORAGE_EMULATOR_HOST, as the tests do, gets a new one)."""
+  del endpoint, retries  # the cache key; gcs_context and the environment carry them
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  return ts.KvStore.open({"driver": "gcs", "bucket": bucket,
+                          "context": gcs_context()}).result()
+
+
+def kvstore(path: str):
+  """An open tensorstore KvStore rooted at the gs:// folder `path` (keys are
+  relative to it), with the layer's bounded retries: the run lock's."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  configure_gcs_environment()
+  spec = gcs_kvstore_spec(path)
+  spec["path"] = spec["path"] + "/" if spec["path"] else ""
+  with _first_contact_quiet(_split(path)[0]):
+    return wait(ts.KvStore.open(spec), "open", path)
+
+
+def _reason(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  text = text.split(" [http_response_body=")[0].split(" [source locations=")[0]
+  return text[:300] or type(e).__name__
+
+
+def _hint(reason: str) -> str:
+  lowered = reason.lower()
+  if "permission" in lowered or "403" in lowered:
+    return "check that your account may use this bucket (IAM)"
+  if "unauthenticated" in lowered or "401" in lowered or "credential" in lowered:
+    return ("check your credentials (gcloud auth application-default login, or "
+            "GOOGLE_APPLICATION_CREDENTIALS)")
+  if "not_found" in lowered or "404" in lowered:
+    return "check the bucket name"
+  return ("check the network, the bucket name and your credentials"
+          + (f"; STORAGE_EMULATOR_HOST points at {emulator_endpoint()}"
+             if emulator_endpoint() else ""))
+
+
+def _gcs(what: str, path: str, start):
+  """Runs `start(store, key)` (a tensorstore future) for the gs:// `path`
+  within the deadline; failures become one-line StorageErrors."""
+  bucket, key = _split(path)
+  with _first_contact_quiet(bucket):
+    try:
+      store = _store(bucket)
+    except (ValueError, RuntimeError) as e:
+      raise _storage_error(what, path, e) from None
+    return wait(start(store, key), what, path)
+
+
+def _storage_error(what: str, path: str, e: BaseException) -> StorageError:
+  bucket, _ = _split(path)
+  if isinstance(e, TimeoutError):
+    return StorageError(f"gs://{bucket}: could not {what} {path} within {timeout_s():g} s "
+                        f"(PT_GCS_TIMEOUT_S); {_hint('')}")
+  reason = _reason(e)
+  return StorageError(f"gs://{bucket}: could not {what} {path}: {reason}; {_hint(reason)}")
+
+
+def wait(future, what: str, path: str):
+  """The result of a tensorstore future for the gs:// `path` (what: 'read',
+  'write', ...), within TIMEOUT_S; a failure is a one-line StorageError."""
+  try:
+    return future.result(timeout=timeout_s())
+  except StorageError:
+    raise
+  except (TimeoutError, ValueError, RuntimeError, OSError) as e:
+    raise _storage_error(what, path, e) from None
+
+
+def _prefix_range(prefix: str):
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  if not prefix:
+    return ts.KvStore.KeyRange()
+  end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+  return ts.KvStore.KeyRange(prefix, end)
+
+
+def _keys_under(path: str) -> list:
+  """The object keys (str) under the gs:// folder `path`, relative to it."""
+  _, key = _split(path)
+  prefix = f"{key}/" if key else ""
+  keys = _gcs("list", path, lambda store, _: store.list(_prefix_range(prefix)))
+  return sorted(k.decode("utf-8")[len(prefix):] for k in keys)
+
+
+def _read_object(path: str) -> Optional[bytes]:
+  result = _gcs("read", path, lambda store, key: store.read(key))
+  return result.value if result.state == "value" else None
+
+
+def _write_object(path: str, data: bytes) -> None:
+  _gcs("write", path, lambda store, key: store.write(key, data))
+
+
+def _delete_tree(path: str) -> None:
+  """Deletes the object `path` and every object under `path/`."""
+  _, key = _split(path)
+  _gcs("delete", path, lambda store, _: store.delete_range(_prefix_range(f"{key}/")))
+  if key:
+    _gcs("delete", path, lambda store, key: store.delete_range(_exact_range(key)))
+
+
+def _exact_range(key: str):
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  return ts.KvStore.KeyRange(key, key + "\x00")
+
+
+def _object_exists(path: str) -> bool:
+  result = _gcs("read", path, lambda store, key: store.read(key, byte_range=slice(0, 0)))
+  return result.state == "value"
+
+
+def list_tree(path: str) -> list:
+  """Every file under the folder `path` (relative names with '/'), sorted:
+  one listing on gs://, a walk on a local disk."""
+  if is_remote(path):
+    return _keys_under(path)
+  found = []
+  for root, _, files in os.walk(path):
+    rel = os.path.relpath(root, path)
+    found.extend(f if rel == "." else f"{rel}/{f}" for f in files)
+  return sorted(found)
+
+
+# ------------------------------------------------------------------ both
+
+
 def exists(path):
-  return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+  if not is_remote(path):
+    return os.path.exists(path)
+  _, key = _split(path)
+  return bool(key and _object_exists(path)) or bool(_keys_under(path))
 
 
 def isdir(path):
-  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+  if not is_remote(path):
+    return os.path.isdir(path)
+  return bool(_keys_under(path))
 
 
 def folder_problem(path: str) -> Optional[str]:
@@ -76,11 +342,13 @@ def disk_full_error(path: str) -> DiskFullError:
 
 
 def makedirs(path):
+  """Creates a local folder (and its parents); nothing on gs://, where a
+  folder is only the prefix of the objects in it."""
+  if is_remote(path):
+    _split(path)
+    return
   try:
-    if is_remote(path):
-      _gfile().makedirs(path)
-    else:
-      os.makedirs(path, exist_ok=True)
+    os.makedirs(path, exist_ok=True)
   except OSError as e:
     if is_disk_full(e):
       raise disk_full_error(path) from None
@@ -88,9 +356,11 @@ def makedirs(path):
 
 
 def listdir(path):
-  if not exists(path):
-    return []
-  return _gfile().listdir(path) if is_remote(path) else os.listdir(path)
+  """Names in the folder `path` (sub-folders without a trailing '/'); [] when
+  it does not exist."""
+  if is_remote(path):
+    return sorted({k.split("/", 1)[0] for k in _keys_under(path)})
+  return os.listdir(path) if os.path.isdir(path) else []
 
 
 def temp_sibling(path: str) -> str:
@@ -98,39 +368,50 @@ def temp_sibling(path: str) -> str:
 
 
 def rename(src, dst, overwrite=False):
-  if is_remote(src):
-    _gfile().rename(src, dst, overwrite=overwrite)
-  else:
-    os.replace(src, dst) if overwrite else os.rename(src, dst)
+  """Renames a file or folder. On gs:// (no rename there): copies every
+  object, then deletes the originals; `dst` is replaced only if `overwrite`."""
+  if not is_remote(src):
+    if overwrite:
+      os.replace(src, dst)
+    else:
+      os.rename(src, dst)
+    return
+  if not overwrite and exists(dst):
+    raise FileExistsError(f"{dst} exists")
+  keys = _keys_under(src)
+  data = _read_object(src) if not keys else None
+  if data is not None:
+    _write_object(dst, data)
+  for key in keys:
+    _write_object(f"{dst.rstrip('/')}/{key}", read_bytes(f"{src.rstrip('/')}/{key}"))
+  _delete_tree(src)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes `path` through a temporary sibling renamed into place.
+  """Writes `path` whole or not at all: locally through a temporary sibling
+  renamed into place, on gs:// as one object (atomic there).
 
   Raises:
     DiskFullError: no space was left; the temporary file is removed and `path`
       is as it was.
+    StorageError: gs:// could not be written.
   """
+  if is_remote(path):
+    _write_object(path, bytes(data))
+    return
   makedirs(os.path.dirname(path) or ".")
   tmp = temp_sibling(path)
   try:
-    if is_remote(path):
-      with _gfile().GFile(tmp, "wb") as f:
-        f.write(data)
-    else:
-      with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    rename(tmp, path, overwrite=True)
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
   except OSError as e:
     if not is_disk_full(e):
       raise
-    try:
-      if exists(tmp):
-        (_gfile().remove if is_remote(tmp) else os.remove)(tmp)
-    except OSError:
-      pass
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
     raise disk_full_error(path) from None
 
 
@@ -139,9 +420,12 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def read_bytes(path: str) -> bytes:
+  """The file's bytes; FileNotFoundError when it does not exist."""
   if is_remote(path):
-    with _gfile().GFile(path, "rb") as f:
-      return f.read()
+    data = _read_object(path)
+    if data is None:
+      raise FileNotFoundError(errno.ENOENT, "No such object", path)
+    return data
   with open(path, "rb") as f:
     return f.read()
 
@@ -159,8 +443,70 @@ def load_npy(path: str) -> np.ndarray:
 
 
 def remove_tree(path: str) -> None:
+  """Removes a folder and everything in it (a file too); absent is fine."""
   if is_remote(path):
-    _gfile().rmtree(path)
+    _delete_tree(path)
   else:
     import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+      os.remove(path)
+
+
+class Mirror:
+  """A local folder for writers that cannot write to gs:// themselves.
+
+  TensorBoard event files (clu's writers) and seqio's JSONL and TensorBoard
+  loggers write through TensorFlow's file system, whose GCS client is the
+  untestable one this layer avoids. They write into `local`; `sync()` copies
+  every file new or changed since the last sync to `path` through this
+  layer, and `close()` syncs a last time and removes `local`. For a local
+  `path`, `local` is `path` itself and both do nothing. Files already under
+  a gs:// `path` whose names end with one of `pull` are downloaded first, so
+  writers that append to them (seqio's `{task}-metrics.jsonl`) continue them.
+  """
+
+  def __init__(self, path: str, pull=()):
+    self.path = path
+    self._seen = {}
+    if not is_remote(path):
+      self.local = path
+      return
+    import atexit  # pylint: disable=g-import-not-at-top
+    import shutil  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+    self.local = tempfile.mkdtemp(prefix="pt-mirror-")
+    atexit.register(shutil.rmtree, self.local, True)  # a writer never closed
+    for name in list_tree(path) if pull else ():
+      if name.endswith(tuple(pull)):
+        target = os.path.join(self.local, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+          f.write(read_bytes(f"{path.rstrip('/')}/{name}"))
+        self._seen[name] = self._stamp(target)
+
+  @staticmethod
+  def _stamp(local_file: str):
+    st = os.stat(local_file)
+    return (st.st_size, st.st_mtime_ns)
+
+  def sync(self) -> None:
+    if self.local == self.path or not os.path.isdir(self.local):
+      return
+    for name in list_tree(self.local):
+      local_file = os.path.join(self.local, *name.split("/"))
+      stamp = self._stamp(local_file)
+      if self._seen.get(name) != stamp:
+        with open(local_file, "rb") as f:
+          write_bytes_atomic(f"{self.path.rstrip('/')}/{name}", f.read())
+        self._seen[name] = stamp
+
+  def close(self) -> None:
+    if self.local == self.path:
+      return
+    try:
+      self.sync()
+    finally:
+      import shutil  # pylint: disable=g-import-not-at-top
+      shutil.rmtree(self.local, ignore_errors=True)

@@ -12,17 +12,24 @@ Layout (the authors' convention, so their released prompts and ours mix):
                                        restores the data position, no replay
         checksums.json                 sha256 and size of every other file
 
-Frozen weights are never written. Each checkpoint folder is written under a
-temporary name and renamed when complete, so a killed run leaves either a
-whole checkpoint or none; the latest complete one is where a rerun resumes.
+Frozen weights are never written. On a local disk each checkpoint folder is
+written under a temporary name and renamed when complete, so a killed run
+leaves either a whole checkpoint or none; the latest complete one is where a
+rerun resumes. On gs://, which has no rename (a folder "rename" is
+copy-then-delete, which a kill can leave half done), the folder is written
+under its final name and committed by its checksums.json, written last: a
+folder without one is not a checkpoint (`steps` ignores it, and `cleanup`,
+run by the owner of MODEL_DIR, removes it).
 
 Files can still be damaged afterwards (a disk or copy that truncates or flips
-bits), so checksums.json is written last inside the temporary folder and
-every read checks against it: a damaged file raises CheckpointDamagedError
-naming the file instead of feeding a damaged prompt to training or
-evaluation. `latest_intact_step` is where a rerun resumes: it sets damaged
-checkpoints aside as `damaged_checkpoint_{step}` (which `steps` ignores) and
-falls back to the one before.
+bits), so checksums.json is written last and every read checks against it:
+a damaged file raises CheckpointDamagedError naming the file instead of
+feeding a damaged prompt to training or evaluation. A checkpoint folder
+without checksums.json is never trusted (every version that wrote
+checkpoints wrote one; deleting it must not switch damage detection off).
+`latest_intact_step` is where a rerun resumes: it sets damaged checkpoints
+aside as `damaged_checkpoint_{step}` (which `steps` ignores) and falls back
+to the one before.
 """
 import hashlib
 import io
@@ -66,9 +73,16 @@ def param_filename(name: str) -> str:
 
 
 def steps(model_dir: str) -> list:
-  """Steps of the complete checkpoints in MODEL_DIR, ascending."""
+  """Steps of the complete checkpoints in MODEL_DIR, ascending: on gs://
+  those whose checksums.json (written last) is there."""
+  base = os.path.join(model_dir, DIRNAME)
+  if file_utils.is_remote(model_dir):
+    entries = [name[:-len(CHECKSUMS_FILE) - 1] for name in file_utils.list_tree(base)
+               if name.endswith("/" + CHECKSUMS_FILE) and name.count("/") == 1]
+  else:
+    entries = file_utils.listdir(base)
   found = []
-  for entry in file_utils.listdir(os.path.join(model_dir, DIRNAME)):
+  for entry in entries:
     match = _STEP_RE.match(entry.rstrip("/"))
     if match:
       found.append(int(match.group(1)))
@@ -170,7 +184,10 @@ def _parse_state(path: str, data: bytes) -> dict:
 
 def shared_temp_dir(model_dir: str, step: int) -> str:
   """The temporary folder of checkpoint_{step} when several processes write
-  into it (each its data state): a name every process knows."""
+  into it (each its data state): a name every process knows. On gs://, the
+  checkpoint folder itself (committed by its checksums.json, written last)."""
+  if file_utils.is_remote(model_dir):
+    return checkpoint_dir(model_dir, step)
   return f"{checkpoint_dir(model_dir, step)}.tmp-allprocs"
 
 
@@ -209,7 +226,10 @@ def _write_folder(final: str, trainable_params, state: Optional[dict] = None,
   """`save`'s writer, for any folder `final`: the files under a temporary
   name (or in `tmp`), checksums.json last, then the rename."""
   fresh = tmp is None
-  tmp = file_utils.temp_sibling(final) if fresh else tmp
+  in_place = file_utils.is_remote(final)  # no rename on gs://: checksums.json commits
+  if in_place and fresh:
+    file_utils.remove_tree(final)  # an older or partial folder of this name
+  tmp = (final if in_place else file_utils.temp_sibling(final)) if fresh else tmp
   files = {}
 
   def write(filename, data):
@@ -237,9 +257,10 @@ def _write_folder(final: str, trainable_params, state: Optional[dict] = None,
     if file_utils.exists(tmp):
       file_utils.remove_tree(tmp)
     raise
-  if file_utils.exists(final):
-    file_utils.remove_tree(final)
-  file_utils.rename(tmp, final)
+  if tmp != final:
+    if file_utils.exists(final):
+      file_utils.remove_tree(final)
+    file_utils.rename(tmp, final)
   return final
 
 
@@ -307,29 +328,20 @@ def check_file(path: str) -> None:
 def verify(directory: str) -> Optional[str]:
   """None if the checkpoint folder is intact, else one line naming the damaged file.
 
-  A folder with checksums.json (every checkpoint `save` writes): each file it
-  lists must be there with the recorded size and sha256. A folder written
-  before checksums existed is accepted when it holds at least one parameter
-  .npy and the train state (every checkpoint pt-train wrote has both) and all
-  of them parse; bits flipped inside an array cannot be detected there.
+  Every checkpoint `save` writes (every version of pt-train wrote one) has
+  checksums.json: each file it lists must be there with the recorded size and
+  sha256. A folder without it is not trusted: its write never completed, or
+  the file was removed, and bits flipped in an array could not be seen.
   """
   if not file_utils.exists(directory):
     return f"{directory} does not exist"
   try:
     checksums = _read_checksums(directory)
-    if checksums is not None:
-      for filename in sorted(checksums):
-        _read(directory, filename, checksums)
-      return None
-    params = sorted(f for f in file_utils.listdir(directory) if f.endswith(".npy"))
-    if not params:
-      return f"{directory} holds no parameter (.npy) file"
-    for filename in params + [STATE_FILE]:
-      path = os.path.join(directory, filename)
-      data = _read(directory, filename, None)
-      if data is None:
-        return f"{path} is missing"
-      (_parse_state if filename == STATE_FILE else _parse_npy)(path, data)
+    if checksums is None:
+      return (f"{directory} has no {CHECKSUMS_FILE} (its write never completed, or the "
+              "file was removed): its files cannot be checked, so it is not used")
+    for filename in sorted(checksums):
+      _read(directory, filename, checksums)
   except CheckpointDamagedError as e:
     return str(e)
   return None
@@ -386,8 +398,10 @@ def cleanup(model_dir: str, keep: Optional[int]) -> None:
       if step != 0:
         file_utils.remove_tree(checkpoint_dir(model_dir, step))
   base = os.path.join(model_dir, DIRNAME)
+  complete = set(steps(model_dir))
   for entry in file_utils.listdir(base):  # leftovers of killed writes
-    if ".tmp-" in entry:
+    match = _STEP_RE.match(entry)
+    if ".tmp-" in entry or (match and int(match.group(1)) not in complete):
       file_utils.remove_tree(os.path.join(base, entry))
 
 

@@ -30,6 +30,8 @@ from typing import Optional
 from absl import logging
 import tensorstore as ts
 
+from prompt_tuning.storage import file_utils
+
 FILENAME = "pt-train.lock"
 
 
@@ -38,12 +40,9 @@ class LockError(RuntimeError):
 
 
 def _kvstore(directory: str):
-  if directory.startswith("gs://"):
-    bucket, _, path = directory[len("gs://"):].partition("/")
-    spec = {"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}
-  else:
-    spec = {"driver": "file", "path": os.path.abspath(directory) + "/"}
-  return ts.KvStore.open(spec).result()
+  if file_utils.is_remote(directory):
+    return file_utils.kvstore(directory)  # the storage layer's bounded retries
+  return ts.KvStore.open({"driver": "file", "path": os.path.abspath(directory) + "/"}).result()
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -110,7 +109,7 @@ class RunLock:
   def acquire(self) -> "RunLock":
     self._store = _kvstore(self.model_dir)
     for _ in range(5):  # a lost race re-reads the new holder
-      current = self._store.read(FILENAME).result()
+      current = self._wait(self._store.read(FILENAME), "read")
       holder = None
       if current.state == "value":
         try:
@@ -124,8 +123,8 @@ class RunLock:
               f"delete {self.path}")
         logging.warning("taking over %s from a run that is gone (%s)", self.path,
                         describe(holder) if holder else "unreadable lock")
-      stamp = self._store.write(FILENAME, self._payload(),
-                                if_equal=current.stamp.generation).result()
+      stamp = self._wait(self._store.write(FILENAME, self._payload(),
+                                           if_equal=current.stamp.generation), "write")
       if stamp.generation:  # empty generation: the condition failed, someone else wrote
         self._generation = stamp.generation
         self._thread = threading.Thread(target=self._beat, daemon=True, name="run-lock")
@@ -133,12 +132,20 @@ class RunLock:
         return self
     raise LockError(f"could not take {self.path}: other runs keep writing it")
 
+  def _wait(self, future, what: str):
+    if file_utils.is_remote(self.model_dir):  # bounded, one-line errors
+      return file_utils.wait(future, what, self.path)
+    return future.result()
+
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
       try:
-        stamp = self._store.write(FILENAME, self._payload(), if_equal=self._generation).result()
+        stamp = self._wait(self._store.write(FILENAME, self._payload(), if_equal=self._generation),
+                           "write")
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("could not refresh %s: %s", self.path, e)
+        # Storage that is down fails the run's own next write with one line.
+        (logging.info if isinstance(e, file_utils.StorageError) else logging.warning)(
+            "could not refresh %s: %s", self.path, e)
         continue
       if not stamp.generation:
         self.lost = True
@@ -152,9 +159,12 @@ class RunLock:
       self._thread.join()
     if self._generation is not None and not self.lost:
       try:  # deletes only our own lock (conditional on its generation)
-        self._store.write(FILENAME, None, if_equal=self._generation).result()
+        self._wait(self._store.write(FILENAME, None, if_equal=self._generation), "delete")
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("could not remove %s: %s", self.path, e)
+        # Left behind, it is taken over by the next run (its holder is gone);
+        # unreachable storage has already been reported by the failure itself.
+        (logging.info if isinstance(e, file_utils.StorageError) else logging.warning)(
+            "could not remove %s: %s", self.path, e)
     self._generation = None
 
   def __enter__(self):

@@ -30,6 +30,7 @@ chunk is damage: it is read with `fill_missing_data_reads=False` instead of
 tensorstore's default of silently reading zeros.
 """
 from collections.abc import Mapping
+import contextlib
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import trees
 
 VERSION = 3
@@ -74,26 +76,19 @@ def _is_gcs(path: str) -> bool:
   return path.startswith("gs://")
 
 
-def _split_gcs(path: str) -> tuple[str, str]:
-  bucket, _, key = path[len("gs://"):].partition("/")
-  return bucket, key
-
-
-def _gcs_kvstore(bucket: str):
-  return ts.KvStore.open({"driver": "gcs", "bucket": bucket}).result()
-
-
 def _read_bytes(path: str, probe: bool = False):
-  """File contents (the first byte only when probe), or None when absent."""
+  """File contents (None when absent); probe: only whether it exists (b"")."""
   if not _is_gcs(path):
     if not os.path.isfile(path):
       return None
     with open(path, "rb") as f:
       return f.read(1 if probe else -1)
-  bucket, key = _split_gcs(path)
-  result = _gcs_kvstore(bucket).read(
-      key, byte_range=slice(0, 1) if probe else None).result()
-  return result.value if result.state == "value" else None
+  if probe:
+    return b"" if file_utils.exists(path) else None
+  try:
+    return file_utils.read_bytes(path)
+  except FileNotFoundError:
+    return None
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -168,13 +163,13 @@ def _absolute_spec(spec: Mapping, directory: str) -> dict:
   if "path" in spec:  # Older T5X: path beside, not inside, the kvstore.
     kvstore["path"] = spec.pop("path")
   if kvstore.get("driver") == "gcs" and "bucket" in kvstore:
-    spec["kvstore"] = kvstore
+    spec["kvstore"] = file_utils.gcs_kvstore_spec(
+        f"gs://{kvstore['bucket']}/{kvstore.get('path', '')}")
     return spec
   rel = kvstore.get("path", "")
   full = rel if (_is_gcs(rel) or os.path.isabs(rel)) else f"{directory}/{rel}"
   if _is_gcs(full):
-    bucket, key = _split_gcs(full)
-    spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": key}
+    spec["kvstore"] = file_utils.gcs_kvstore_spec(full)  # with the storage layer's retries
   else:
     spec["kvstore"] = {"driver": "file", "path": full}
   # Every chunk of a checkpoint array is stored: a missing one is an error, not zeros.
@@ -365,19 +360,9 @@ def load_params(path, names=None, *, expected_shapes=None, dtype=None) -> dict:
 # ------------------------------------------------------------------ writing
 
 
-def _gfile():
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise CheckpointError("Writing gs:// checkpoints needs tensorflow "
-                          "(tf.io.gfile); pip install tensorflow") from None
-  return tf.io.gfile
-
-
 def _kvstore(path: str) -> dict:
   if _is_gcs(path):
-    bucket, key = _split_gcs(path)
-    return {"driver": "gcs", "bucket": bucket, "path": key}
+    return file_utils.gcs_kvstore_spec(path)
   return {"driver": "file", "path": path}
 
 
@@ -420,17 +405,19 @@ def save_checkpoint(directory, params, step: int, *, param_states=None,
 
   Arrays with more than keep_inline_below elements go to zarr folders named
   'target.a.b.c' (gzip level 1, recorded with T5X's 'gfile' kvstore driver),
-  the rest inline. Everything is written into `checkpoint_{step}.tmp-<id>`,
-  which is renamed to `checkpoint_{step}` only once complete (an existing one
-  is replaced after that). Returns the final path.
+  the rest inline. On a local disk everything is written into
+  `checkpoint_{step}.tmp-<id>`, which is renamed to `checkpoint_{step}` only
+  once complete (an existing one is replaced after that). On gs://, which
+  has no rename, the arrays are written in place and the `checkpoint` file,
+  which makes the folder a checkpoint to every reader, last. Returns the
+  final path.
   """
   directory = os.fspath(directory).rstrip("/")
   gcs = _is_gcs(directory)
   if not gcs:
     directory = os.path.abspath(directory)
   final = f"{directory}/checkpoint_{step}"
-  tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-  gfile = _gfile() if gcs else None
+  tmp = final if gcs else f"{final}.tmp-{uuid.uuid4().hex[:8]}"
   try:
     writes = []
     state = {"step": np.int32(step), "param_states": param_states or {}}
@@ -440,7 +427,9 @@ def save_checkpoint(directory, params, step: int, *, param_states=None,
     # ('version' first), where a copy through jax.tree_util would sort them.
     data = flax.serialization.msgpack_serialize({"version": VERSION, "optimizer": optimizer},
                                                 in_place=True)
-    if not gcs:
+    if gcs:
+      file_utils.remove_tree(final)
+    else:
       os.makedirs(tmp)
     # Issue every create, then every write, and only then wait.
     opened = [ts.open(spec, create=True, delete_existing=True)
@@ -449,11 +438,7 @@ def save_checkpoint(directory, params, step: int, *, param_states=None,
     for write in pending:
       write.result()
     if gcs:
-      with gfile.GFile(f"{tmp}/{_CHECKPOINT_FILE}", "wb") as f:
-        f.write(data)
-      if gfile.exists(final):
-        gfile.rmtree(final)
-      gfile.rename(tmp, final)
+      file_utils.write_bytes_atomic(f"{final}/{_CHECKPOINT_FILE}", data)
       return final
     with open(f"{tmp}/{_CHECKPOINT_FILE}", "wb") as f:
       f.write(data)
@@ -468,8 +453,8 @@ def save_checkpoint(directory, params, step: int, *, param_states=None,
       shutil.rmtree(old, ignore_errors=True)
   except BaseException:
     if gcs:
-      if gfile.exists(tmp):
-        gfile.rmtree(tmp)
+      with contextlib.suppress(Exception):
+        file_utils.remove_tree(final)
     else:
       shutil.rmtree(tmp, ignore_errors=True)
     raise

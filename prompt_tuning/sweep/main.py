@@ -184,8 +184,11 @@ def _run_parsed(argv: Sequence[str]) -> int:
   return run_sweep(_sweep_from_flags(), module, FLAGS.report)
 
 
-def _error(e: SweepError) -> int:
-  sys.stderr.write(f"{PROG}: error: {e}\n")
+def _error(e: Exception) -> int:
+  """One line for a SweepError, or an OSError (storage unreachable, a
+  permission, a full disk: the machine's, its message names the path)."""
+  text = str(e).strip()
+  sys.stderr.write(f"{PROG}: error: {text.splitlines()[0] if text else type(e).__name__}\n")
   return 1
 
 
@@ -194,7 +197,7 @@ def main(argv: Sequence[str]) -> int:
   FLAGS.unparse_flags()
   try:
     return _run_parsed(_parse_flags(argv))
-  except SweepError as e:
+  except (SweepError, OSError) as e:
     return _error(e)
 
 
@@ -214,7 +217,7 @@ def console_main():
   def run(*args):
     try:
       return _run_parsed([PROG, *args])
-    except SweepError as e:
+    except (SweepError, OSError) as e:
       return _error(e)
     except KeyboardInterrupt:
       sys.stderr.write(f"{PROG}: interrupted: rerun the same command to resume\n")

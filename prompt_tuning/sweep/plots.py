@@ -229,10 +229,5 @@ def remove(out_dir: str, name: str) -> None:
   """Removes a figure drawn by an earlier report that has nothing to show now."""
   for fmt in FORMATS:
     path = os.path.join(out_dir, f"{name}.{fmt}")
-    if not file_utils.exists(path):
-      continue
-    if file_utils.is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.io.gfile.remove(path)
-    else:
-      os.remove(path)
+    if file_utils.exists(path):
+      file_utils.remove_tree(path)

@@ -32,6 +32,7 @@ import os
 import posixpath
 import re
 import sys
+import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -119,10 +120,7 @@ def _key(value) -> str:
 
 
 def _is_dir(path: str) -> bool:
-  if file_utils.is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.isdir(path)
-  return os.path.isdir(path)
+  return file_utils.isdir(path)
 
 
 def _basename(path: str) -> str:
@@ -363,8 +361,21 @@ def _replayed(events) -> Series:
 def _read_train(model_dir: str, warnings: List[str]) -> Dict[str, Series]:
   """Scalar series of train/events.out.tfevents.* (TF2 stores scalars as tensors)."""
   log_dir = os.path.join(model_dir, TRAIN_DIR)
-  if not any(".tfevents." in f for f in file_utils.listdir(log_dir)):
+  names = [f for f in file_utils.listdir(log_dir) if ".tfevents." in f]
+  if not names:
     return {}
+  if not file_utils.is_remote(log_dir):
+    return _read_events(log_dir, log_dir, warnings)
+  # TensorBoard's reader goes through TensorFlow's file system: the event
+  # files come through the storage layer into a local folder first.
+  with tempfile.TemporaryDirectory(prefix="pt-report-") as local:
+    for name in names:
+      with open(os.path.join(local, name), "wb") as f:
+        f.write(file_utils.read_bytes(f"{log_dir.rstrip('/')}/{name}"))
+    return _read_events(local, log_dir, warnings)
+
+
+def _read_events(local_dir: str, log_dir: str, warnings: List[str]) -> Dict[str, Series]:
   # pylint: disable=g-import-not-at-top
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
@@ -372,7 +383,7 @@ def _read_train(model_dir: str, warnings: List[str]) -> Dict[str, Series]:
   # The reader logs an INFO line per event file ("No path found after ..."): noise here.
   logging.getLogger("tensorboard").setLevel(logging.WARNING)
   accumulator = event_accumulator.EventAccumulator(
-      log_dir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+      local_dir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
   try:
     accumulator.Reload()
   except Exception as e:  # pylint: disable=broad-except

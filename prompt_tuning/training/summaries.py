@@ -7,13 +7,36 @@ from typing import Mapping, Optional
 from clu import metric_writers
 import gin
 
+from prompt_tuning.storage import file_utils
+
 
 def writer(log_dir: Optional[str], *, asynchronous: bool = True) -> metric_writers.MetricWriter:
   """A clu writer of TensorBoard event files under `log_dir` (T5X writes
   MODEL_DIR/train), also logging each value at INFO; None writes no files.
-  Asynchronous: a write does not wait for the file system. `close()` flushes."""
+  Asynchronous: a write does not wait for the file system. `close()` flushes.
+  A gs:// `log_dir` is written through the storage layer (file_utils.Mirror):
+  each `flush()` copies the event files there."""
+  if log_dir is not None and file_utils.is_remote(log_dir):
+    mirror = file_utils.Mirror(log_dir)
+    return _Mirrored(writer(mirror.local, asynchronous=asynchronous), mirror)
   return metric_writers.create_default_writer(log_dir, just_logging=log_dir is None,
                                               asynchronous=asynchronous)
+
+
+class _Mirrored(metric_writers.MultiWriter):
+  """A writer into a local mirror of a gs:// folder, synced on flush and close."""
+
+  def __init__(self, inner, mirror):
+    super().__init__([inner])
+    self._mirror = mirror
+
+  def flush(self):
+    super().flush()
+    self._mirror.sync()
+
+  def close(self):
+    super().close()
+    self._mirror.close()
 
 
 def write_config(metric_writer, step: int, macros: Mapping[str, object]) -> None:

@@ -194,6 +194,7 @@ class _Progress:
                log_period: int):
     chief = jax.process_index() == 0
     self.writer = summaries.writer(os.path.join(model_dir, "train")) if chief else None
+    self._remote = file_utils.is_remote(model_dir)
     self._train_steps, self._batch_size = train_steps, batch_size
     self._report = progress_lib.Progress(train_steps, start=start_step, every_steps=log_period,
                                          metric_writer=self.writer)
@@ -212,6 +213,8 @@ class _Progress:
                        if k.startswith("routing/"))
     if self.writer is not None:
       self.writer.write_scalars(done, host)
+      if self._remote:
+        self.writer.flush()  # the event files reach the bucket every LOG_PERIOD steps
       lr = f" lr {host['learning_rate']:g}" if "learning_rate" in host else ""
       print(f"step {done}/{self._train_steps} loss {loss:.4f}{lr} "
             f"steps/s {steps_per_s:.2f} examples/s {steps_per_s * self._batch_size:.1f} "
