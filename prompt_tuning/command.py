@@ -23,6 +23,9 @@ from absl import flags
 from absl import logging
 
 FLAGS = flags.FLAGS
+# The user's own TensorFlow C++ log level, read before JAX's import sets it
+# to 1 (warnings) for every process that imports it.
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 
 
 def first_line(e) -> str:
@@ -62,7 +65,8 @@ def load_tensorflow():
   """Imports TensorFlow (tf.data runs seqio's pipelines) with its C++
   start-up lines hidden unless the user asked for logs, and keeps it off any
   GPU (the accelerators are JAX's). Python errors still surface."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if _USER_TF_LOG_LEVEL is None and not verbose():  # errors only, unless asked for
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   with contextlib.nullcontext() if verbose() else _quiet_stderr():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")

@@ -280,10 +280,12 @@ def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatc
   for name, value in DEAD.items():
     monkeypatch.setenv(name, value)
   ckpt, run = f"{GS}/t5x_tiny/checkpoint_3", f"{GS}/run"
-  # The whole stderr of a real command (C++ libraries' lines included).
+  # The whole stderr of a real command (C++ libraries' lines included), in a
+  # user's environment (no TF_CPP_MIN_LOG_LEVEL of their own).
+  user = {k: v for k, v in env(**DEAD).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   result = subprocess.run([sys.executable, "-m", "prompt_tuning.train",
                            *train_args(run, ckpt, 4)], capture_output=True, text=True,
-                          env=env(**DEAD), timeout=300, check=False)
+                          env=user, timeout=300, check=False)
   assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr[-3000:]
   assert result.stderr.startswith(f"pt-train: error: {GS}: could not "), result.stderr
   assert "STORAGE_EMULATOR_HOST" in result.stderr

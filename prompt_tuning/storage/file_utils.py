@@ -197,7 +197,7 @@ def _hint(reason: str) -> str:
   if "unauthenticated" in lowered or "401" in lowered or "credential" in lowered:
     return ("check your credentials (gcloud auth application-default login, or "
             "GOOGLE_APPLICATION_CREDENTIALS)")
-  if "not_found" in lowered or "404" in lowered:
+  if "not_found" in lowered or "404" in lowered or "bucket name" in lowered:
     return "check the bucket name"
   return ("check the network, the bucket name and your credentials"
           + (f"; STORAGE_EMULATOR_HOST points at {emulator_endpoint()}"
