@@ -114,6 +114,15 @@ def os_error_message(e: OSError) -> str:
   return text
 
 
+def _disk_full_message(e):
+  """One line for a full disk reported by a library's own error type (TensorFlow
+  raises ResourceExhaustedError, not OSError), or None."""
+  text = str(e)
+  if "No space left on device" in text or "Disk quota exceeded" in text:
+    return f"disk full: {first_line(e)}"
+  return None
+
+
 def required_binding_message(e):
   """Turns gin's 'Required bindings ... not provided' into the macro to set."""
   text = str(e)
@@ -142,8 +151,8 @@ def run(main_fn, prog, first_gin_files=(), extra_errors=()):
       command.load_tensorflow()
       setup(first_gin_files)
       main_fn()
-    except preemption.Preempted as e:
-      sys.stderr.write(f"{prog}: {e}\n")
+    except preemption.Preempted as e:  # its first line: gin appends "In call to ..."
+      sys.stderr.write(f"{prog}: {first_line(e)}\n")
       sys.exit(PREEMPTED_EXIT)
     except user_errors() + tuple(extra_errors) as e:
       logging.debug("error", exc_info=True)
@@ -152,7 +161,13 @@ def run(main_fn, prog, first_gin_files=(), extra_errors=()):
       logging.debug("error", exc_info=True)
       command.fail(prog, os_error_message(e))
     except (ValueError, RuntimeError, TypeError) as e:
-      message = required_binding_message(e)
+      message = required_binding_message(e) or _disk_full_message(e)
+      if message is None:
+        raise
+      command.fail(prog, message)
+    except Exception as e:  # pylint: disable=broad-except
+      # TensorFlow's own file errors (seqio's loggers, TensorBoard write through it).
+      message = _disk_full_message(e)
       if message is None:
         raise
       command.fail(prog, message)

@@ -145,8 +145,11 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     used = referenced_macros()
     for binding in bindings:
       name = binding.split("=", 1)[0].strip()
-      if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in used:
-        close = difflib.get_close_matches(name, sorted(used), n=3)
+      # A dotless name is a macro (gin's syntax, any case): one no config reads
+      # would be silently ignored (--gin.train_steps=10 trains TRAIN_STEPS).
+      if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name not in used:
+        close = ([name.upper()] if name.upper() in used else
+                 difflib.get_close_matches(name.upper(), sorted(used), n=3))
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"--gin.{name}: no config uses the macro {name}{hint}")
     # One binding at a time (as gin would parse them joined), so that an error
@@ -159,6 +162,11 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     gin.finalize()
   except ConfigError:
     raise
+  except ImportError as e:  # a gin file's `import` of a module that is not there
+    found = re.search(r"No module named '([^']+)'", str(e))
+    name = found.group(1) if found else (e.name or str(e).strip().split("\n")[0])
+    raise ConfigError(f"gin config error: a gin file imports {name}, which cannot be "
+                      "imported: install it, or fix the import in the gin file") from None
   except (IOError, OSError) as e:
     raise ConfigError(f"gin: {e}. Gin files are looked up in --gin_search_paths and "
                       f"{package_gin_dir()}") from None
@@ -182,6 +190,18 @@ def _parse_error_reason(e: Exception, in_binding: bool = False) -> str:
 
 # A bare word, dotted name or path: a string value that lacks its quotes.
 _UNQUOTED = re.compile(r"[A-Za-z_~./][\w./:~+-]*")
+
+
+def check_patterns(name: str, patterns, error) -> None:
+  """`error` unless `patterns` is a list of valid regular expressions
+  (TRAINABLE_PARAMS): a bad one is one line naming it, not a traceback later."""
+  if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+    raise error(f"{name} must be a list of regular expressions, got {patterns!r}")
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise error(f"{name}: {pattern!r} is not a regular expression ({e})") from None
 
 
 def binding_error_message(binding: str, e: Exception) -> str:

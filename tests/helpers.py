@@ -98,11 +98,16 @@ def xla_flags(devices):
   return " ".join(_with_devices(os.environ.get("XLA_FLAGS", "").split(), devices))
 
 
-def run_cli(prog, args, timeout=300):
+def run_cli(prog, args, timeout=300, as_user=False):
+  """The command in a subprocess: (returncode, stdout, stderr). as_user: with
+  no TF_CPP_MIN_LOG_LEVEL of the user's (what a user's shell has), so the
+  whole stderr is the command's own."""
   env = {k: v for k, v in os.environ.items()
-         if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR")}
-  env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+         if k not in ("PT_VOCABULARY_PATH", "SUPERGLUE_DATA_DIR", "TF_CPP_MIN_LOG_LEVEL")}
+  env.update(JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+  if not as_user:
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   module = {"pt-train": "prompt_tuning.train", "pt-eval": "prompt_tuning.eval",
             "pt-infer": "prompt_tuning.infer"}[prog]
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,

@@ -134,6 +134,29 @@ CASES = {
     "feature_length_0": ("pt-train", "fresh",
                          ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}"],
                          ["TASK_FEATURE_LENGTHS['inputs'] must be a positive integer, got 0"]),
+    # Bindings no configurable reads, lower case included (gin takes any
+    # dotless name as a macro: --gin.train_steps=10 would train TRAIN_STEPS).
+    "lowercase_unused_macro": ("pt-train", "fresh", ["--gin.train_steps=10"],
+                               ["--gin.train_steps: no config uses the macro train_steps",
+                                "did you mean TRAIN_STEPS?"]),
+    "learning_rate_0": ("pt-train", "fresh", ["--gin.optimizers.adafactor.learning_rate=0"],
+                        ["optimizers.adafactor.learning_rate must be a finite number > 0, "
+                         "got 0"]),
+    "learning_rate_negative": ("pt-train", "trained",
+                               ["--gin.optimizers.adafactor.learning_rate=-0.3"],
+                               ["learning_rate must be a finite number > 0, got -0.3"]),
+    "learning_rate_infinite": ("pt-train", "fresh",
+                               ["--gin.optimizers.adafactor.learning_rate=1e999"],
+                               ["learning_rate must be a finite number > 0, got inf"]),
+    "trainable_params_bad_regex": ("pt-train", "fresh", ["--gin.TRAINABLE_PARAMS=['enc(']"],
+                                   ["TRAINABLE_PARAMS: 'enc(' is not a regular expression"]),
+    "trainable_params_bad_regex_eval": ("pt-eval", "trained", ["--gin.TRAINABLE_PARAMS=['[a']"],
+                                        ["TRAINABLE_PARAMS: '[a' is not a regular expression"]),
+    "gin_import_missing_module": ("pt-train", "fresh", ["--gin_file={tmp}/imports.gin"],
+                                  ["imports no_such_module_for_pt", "cannot be imported"]),
+    "use_cached_tasks_without_cache": ("pt-train", "fresh", ["--gin.USE_CACHED_TASKS=True"],
+                                       ["USE_CACHED_TASKS is True but task 'demo_last_word' "
+                                        "has no seqio cache", "USE_CACHED_TASKS=False"]),
     "num_partitions_0": ("pt-train", "fresh", ["--gin.NUM_PARTITIONS=0"],
                          ["NUM_PARTITIONS must be a positive integer, got 0"]),
     "num_partitions_not_dividing": ("pt-train", "fresh", ["--gin.NUM_PARTITIONS=7"],
@@ -203,6 +226,7 @@ def make_files(tmp):
   write_file(tmp / "prompt.npy", "0.1 0.2 0.3\n")
   write_file(tmp / "prompt.txt", "0.1 0.2 0.3\n")
   write_file(tmp / "a_file", "not a folder\n")
+  write_file(tmp / "imports.gin", "import no_such_module_for_pt\n")
 
 
 def run_case(prog, where, flags, trained, tmp):
@@ -253,8 +277,15 @@ def test_bad_input_in_process(case, trained, tmp_path):
      ["gin config error", "--gin.BATCH_SIZE=((", "not a valid gin value", "not closed"]),
     ("pt-eval", "trained", ["--gin.EVAL_SPLIT='valdation'"],
      ["EVAL_SPLIT 'valdation' is not a split of demo_last_word"]),
+    # TensorFlow is loaded by now: its C++ start-up and warning lines must not show.
+    ("pt-train", "fresh", ["--gin.USE_CACHED_TASKS=True"], ["has no seqio cache"]),
+    # absl's own errors: an unknown flag, a stray argument.
+    ("pt-eval", "trained", ["--no_such_flag=1"], ["unrecognized arguments: --no_such_flag"]),
+    ("pt-train", "fresh", ["stray"], ["unexpected arguments: stray"]),
 ])
 def test_bad_input_from_the_command_line(prog, where, flags, needles, trained, tmp_path):
+  """As a user runs them (no TF_CPP_MIN_LOG_LEVEL of their own): the WHOLE
+  stderr is the one error line."""
   model_dir, ckpt = trained
   if where == "fresh":
     model_dir = tmp_path / "run"
@@ -263,8 +294,9 @@ def test_bad_input_from_the_command_line(prog, where, flags, needles, trained, t
     args = train_args(model_dir, ckpt, *flags)
   else:
     args = eval_args(model_dir, ckpt, tmp_path / "eval", *flags)
-  result = helpers.run_cli(prog, args)
-  one_error_line(result.returncode, result.stderr, prog, *needles)
+  result = helpers.run_cli(prog, args, as_user=True)
+  line = one_error_line(result.returncode, result.stderr, prog, *needles)
+  assert result.stderr == line + "\n", result.stderr[-3000:]
   assert_untouched(model_dir, before, tmp_path)
 
 
@@ -371,6 +403,23 @@ def test_full_disk_is_one_line_and_the_last_checkpoint_stays(trained, tmp_path, 
   assert not [p for p in os.listdir(run / "numpy_checkpoints") if ".tmp-" in p]
   assert not (run / "pt-train.lock").exists()
   assert json.loads((run / "run.json").read_text())["resumes"]
+
+
+def test_full_disk_in_pt_eval_is_one_line(trained, tmp_path, monkeypatch):
+  """seqio's loggers write through TensorFlow, whose full-disk error is its
+  own type (ResourceExhaustedError), not an OSError: still one line."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir, ckpt = trained
+
+  def full(*args, **kwargs):
+    del args, kwargs
+    raise tf.errors.ResourceExhaustedError(
+        None, None, f"{tmp_path}/eval/demo_last_word-metrics.jsonl; No space left on device")
+
+  monkeypatch.setattr(seqio.JSONLogger, "__call__", full)
+  status, err = helpers.run_cli_in_process("pt-eval", eval_args(model_dir, ckpt, tmp_path / "eval"))
+  one_error_line(status, err, "pt-eval", "disk full: ", "No space left on device")
 
 
 def test_os_error_message():

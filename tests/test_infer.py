@@ -108,11 +108,13 @@ def test_prints_a_summary(mixed):
     ("no_inputs", '{"task": "mp_class", "text": "a"}\n', ["line 1", '"inputs" must be a string']),
     ("not_an_object", '["mp_class", "a"]\n', ["line 1", "expected a JSON object"]),
     ("empty", "\n\n", ["holds no examples"]),
+    ("not_utf8", b'{"task": "mp_class", "inputs": "a"}\n{"task": "mp_class", "inputs": "\xff"}\n',
+     ["line 2: not UTF-8 (byte 33 of the line)"]),
 ])
 def test_bad_input_lines_name_the_line(case, content, needles, tmp_path):
   del case
   import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
-  (tmp_path / "in.jsonl").write_text(content)
+  (tmp_path / "in.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode())
   with pytest.raises(data.DataError) as raised:
     predict.read_examples(str(tmp_path / "in.jsonl"), {"mp_class", "mp_last_word"})
   message = str(raised.value)
@@ -120,6 +122,16 @@ def test_bad_input_lines_name_the_line(case, content, needles, tmp_path):
   assert "\n" not in message and str(tmp_path / "in.jsonl") in message
   for needle in needles:
     assert needle in message, message
+
+
+def test_a_line_may_hold_a_raw_line_separator(tmp_path):
+  """JSONL lines end at "\\n" only: U+2028 and U+2029 are valid inside JSON
+  strings (json.dumps(..., ensure_ascii=False) writes them raw)."""
+  import prompt_tuning.tasks.demo  # pylint: disable=g-import-not-at-top,unused-import
+  lines = [{"task": "mp_class", "inputs": "a\u2028b"}, {"task": "mp_class", "inputs": "c\u2029"}]
+  (tmp_path / "in.jsonl").write_text(
+      "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines), encoding="utf-8")
+  assert predict.read_examples(str(tmp_path / "in.jsonl"), {"mp_class"}) == lines
 
 
 @pytest.mark.parametrize("specs,needle", [

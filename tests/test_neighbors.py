@@ -223,6 +223,23 @@ def test_bad_input_errors(case, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_full_disk_leaves_no_folder_and_no_half_of_the_files(tmp_path, monkeypatch):
+  from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
+  _bad_inputs(tmp_path, None)  # writes ok.npy
+  real = file_utils.write_text_atomic
+
+  def second_write_fails(path, text):
+    if path.endswith(neighbors.MARKDOWN_NAME):
+      raise file_utils.disk_full_error(path)
+    real(path, text)
+
+  monkeypatch.setattr(file_utils, "write_text_atomic", second_write_fails)
+  with pytest.raises(neighbors.NeighborsError, match="cannot be written .disk full"):
+    neighbors.run(checkpoint=str(_tiny()), prompt=str(tmp_path / "ok.npy"), top_k=3,
+                  output_dir=str(tmp_path / "out"), vocabulary=str(_vocab()))
+  assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("case", ["released_prompt_dim", "missing_checkpoint", "top_k_zero",
                                   "not_npy"])
 def test_cli_bad_input_one_error_line_nothing_written(case, tmp_path, request):

@@ -207,7 +207,49 @@ BAD_IMPORTS = {
     "not t5": (lambda f: _edit_config(f, task_type="CAUSAL_LM"), "only T5 adapters"),
     "subset of layers": (lambda f: _drop_tensors(f, "decoder.block.1.layer.1.EncDecAttention.v"),
                          "does not convert"),
+    # Odd values (a careless edit, a hostile file): one line each, never a traceback.
+    "peft type a list": (lambda f: _edit_config(f, peft_type=["LORA"]),
+                         "peft_type ['LORA'] is not convertible"),
+    "dropout not a number": (lambda f: _edit_config(f, lora_dropout="abc"),
+                             "lora_dropout must be a number in [0, 1), got 'abc'"),
+    "dropout above 1": (lambda f: _edit_config(f, lora_dropout=1.5),
+                        "lora_dropout must be a number in [0, 1), got 1.5"),
+    "alpha NaN": (lambda f: (f / peft.CONFIG_FILE).write_text(
+        (f / peft.CONFIG_FILE).read_text().replace('"lora_alpha": ', '"lora_alpha": NaN, "x": ')),
+                  "lora_alpha must be a finite number > 0, got nan"),
+    "shape overflows": (lambda f: _overflowing_shape(f), "has an unreadable entry"),
 }
+
+
+def _overflowing_shape(folder):
+  """A safetensors header whose shape's byte count overflows 64 bits."""
+  path = folder / peft.WEIGHTS_FILE
+  data = path.read_bytes()
+  n = int.from_bytes(data[:8], "little")
+  header = json.loads(data[8:8 + n])
+  name = sorted(k for k in header if k != "__metadata__")[0]
+  header[name]["shape"] = [2**40, 2**40, -1]
+  text = json.dumps(header).encode()
+  path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+
+def test_method_gin_escapes_what_it_quotes(tmp_path):
+  """A folder name holding a newline (and a base model with one) stays inside
+  method.gin's comment lines: the file parses as gin."""
+  import gin  # pylint: disable=g-import-not-at-top
+  folder = _write_adapter_copy(tmp_path)
+  odd = tmp_path / "odd\nname"
+  os.rename(folder, odd)
+  _edit_config(odd, base_model_name_or_path="t5\ninclude 'nowhere.gin'")
+  out = tmp_path / "out"
+  assert peft_commands.import_main([str(odd), str(out)]) == 0
+  text = (out / peft.METHOD_GIN).read_text()
+  lines = text.splitlines()
+  assert "include 'nowhere.gin'" not in lines  # escaped inside a comment line
+  assert all(line.startswith(("#", "include 'methods/lora.gin'", "LORA_")) for line in lines)
+  with gin.unlock_config():
+    gin.parse_config([l for l in lines if not l.startswith("include")])
+  gin.clear_config()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_IMPORTS))

@@ -67,10 +67,16 @@ def test_takeover_only_when_the_holder_is_gone(tmp_path, fields, taken):
       lock.acquire()
 
 
-def test_unreadable_lock_is_taken_over(tmp_path):
-  (tmp_path / run_lock.FILENAME).write_bytes(b"\x00garbage")
-  with run_lock.RunLock(str(tmp_path)):
-    pass
+@pytest.mark.parametrize("content", [
+    b"\x00garbage", b"[1, 2]", b'{"host": "h", "pid": 1, "heartbeat": "abc"}',
+    b'{"host": "h", "pid": 1, "heartbeat": 1e999}', b'{"host": "h", "heartbeat": 1}'])
+def test_damaged_lock_is_refused_naming_the_file(tmp_path, content):
+  (tmp_path / run_lock.FILENAME).write_bytes(content)
+  with pytest.raises(run_lock.LockError) as e:
+    run_lock.RunLock(str(tmp_path)).acquire()
+  assert str(e.value).startswith(f"{tmp_path / run_lock.FILENAME} is damaged (")
+  assert "delete it and rerun" in str(e.value) and "\n" not in str(e.value)
+  assert (tmp_path / run_lock.FILENAME).read_bytes() == content  # never overwritten
 
 
 def test_holder_notices_a_takeover(tmp_path):
@@ -194,7 +200,7 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path, frozen_ckpt):
     first.kill()
   assert first.returncode == 128 + 15, stderr[-3000:]
   stopped = [l for l in stderr.splitlines() if l.startswith("pt-train: stopped by SIGTERM")]
-  assert len(stopped) == 1, stderr[-3000:]
+  assert len(stopped) == 1 and stderr.splitlines() == stopped, stderr[-3000:]  # one line
   step = int(stopped[0].split("after step ")[1].split()[0])
   assert step >= 3
   assert (model_dir / "numpy_checkpoints" / f"checkpoint_{step}" / PROMPT).exists()
@@ -209,3 +215,87 @@ def test_second_run_refused_and_sigterm_loses_no_step(tmp_path, frozen_ckpt):
   assert result.returncode == 0, result.stderr[-3000:]
   name = f"numpy_checkpoints/checkpoint_{step + 2}/{PROMPT}"
   np.testing.assert_array_equal(np.load(model_dir / name), np.load(straight / name))
+
+
+# ------------------------------------------ run records that cannot mislead
+
+
+def _copy(finished, tmp_path):
+  model_dir, ckpt = finished
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  return copy, ckpt
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"{not json", "Expecting property name"), (b"\xff\xfe", "codec can't decode"),
+    (b"[1]", "no 'bindings' object"), (b'{"version": 1}', "no 'bindings' object")])
+def test_damaged_run_record_is_refused_never_overwritten(finished, tmp_path, content, reason):
+  copy, ckpt = _copy(finished, tmp_path)
+  (copy / "run.json").write_bytes(content)
+  before = helpers.snapshot(copy)
+  result = helpers.run_cli_here("pt-train", train_args(
+      copy, ckpt, "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=None", "--gin.CHECKPOINT_PERIOD=1"))
+  assert_one_line_error(result, "pt-train", f"{copy / 'run.json'} is damaged (", reason,
+                        "restore it")
+  assert helpers.snapshot(copy) == before
+
+
+def test_checkpoints_without_a_run_record_are_not_resumed_blind(finished, tmp_path):
+  copy, ckpt = _copy(finished, tmp_path)
+  (copy / "run.json").unlink()
+  before = helpers.snapshot(copy)
+  result = helpers.run_cli_here("pt-train", train_args(
+      copy, ckpt, "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=None", "--gin.CHECKPOINT_PERIOD=1",
+      "--gin.BATCH_SIZE=4"))
+  assert_one_line_error(result, "pt-train", "holds checkpoints (newest step 2) but no run.json",
+                        "not resumed blind")
+  assert helpers.snapshot(copy) == before
+
+
+def _changed_checkpoint(ckpt, folder):
+  """A copy of the frozen checkpoint with one bit of an inline array flipped."""
+  shutil.copytree(ckpt, folder)
+  data = bytearray((folder / "checkpoint").read_bytes())
+  data[-5] ^= 0x10
+  (folder / "checkpoint").write_bytes(bytes(data))
+  return folder
+
+
+def test_a_frozen_checkpoint_that_changed_is_refused(finished, tmp_path):
+  copy, ckpt = _copy(finished, tmp_path)
+  record = json.loads((copy / "run.json").read_text())
+  assert record["frozen_checkpoint"]["path"] == str(ckpt)
+  assert len(record["frozen_checkpoint"]["sha256"]) == 64
+  changed = _changed_checkpoint(ckpt, tmp_path / "changed")
+  before = helpers.snapshot(copy)
+  result = helpers.run_cli_here("pt-train", train_args(
+      copy, changed, "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=None",
+      "--gin.CHECKPOINT_PERIOD=1"))
+  assert_one_line_error(result, "pt-train", f"the frozen checkpoint {changed} is not the one "
+                        "this run started from")
+  assert helpers.snapshot(copy) == before
+  # pt-eval of the run against the path it recorded, whose file changed since.
+  record["frozen_checkpoint"]["path"] = str(changed)
+  (copy / "run.json").write_text(json.dumps(record))
+  before = helpers.snapshot(copy)
+  result = helpers.run_cli_here("pt-eval", eval_args(copy, changed))
+  assert_one_line_error(result, "pt-eval", "is not the one this run started from")
+  assert helpers.snapshot(copy) == before
+
+
+def test_pt_eval_leaves_a_live_run_alone(finished, tmp_path):
+  copy, ckpt = _copy(finished, tmp_path)
+  _write_lock(copy)  # held by this (live) process
+  before = helpers.snapshot(copy)
+  result = helpers.run_cli_here("pt-eval", eval_args(copy, ckpt))
+  assert_one_line_error(result, "pt-eval", "belongs to a running pt-train",
+                        "set EVAL_OUTPUT_DIR")
+  assert helpers.snapshot(copy) == before
+
+
+def eval_args(model_dir, ckpt):
+  """pt-eval of MODEL_DIR's newest checkpoint into MODEL_DIR/inference_eval."""
+  return (["--gin_file=" + f for f in helpers.TINY_FILES] + ["--gin_file=runs/prompt_eval.gin"]
+          + helpers.as_flags(helpers.TINY_BINDINGS + [f"MODEL_DIR = '{model_dir}'",
+                                                      f"CHECKPOINT_PATH = '{ckpt}'"]))

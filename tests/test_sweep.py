@@ -184,6 +184,10 @@ BAD_SWEEPS = {
                                ["--gin.BATCH_SIZE has no value"]),
     "missing_gin_file": (["--sweep=gin_file=['prompts/nope.gin']"], ["nope.gin"]),
     "non_integer_steps": (["--sweep=TRAIN_STEPS=['x']"], ["TRAIN_STEPS must be an integer"]),
+    # Every point is checked as pt-train would before the first one runs.
+    "bad_value_in_a_later_point": (["--sweep=PROMPT_LENGTH=[2, -5]"],
+                                   ["PROMPT_LENGTH must be a positive integer, got -5",
+                                    "(point PROMPT_LENGTH=-5)"]),
     "unknown_flag": (["--sweep=PROMPT_LENGTH=[1]", "--swep=1"], ["swep"]),
     "unknown_launcher": (["--sweep=PROMPT_LENGTH=[1]", "--launcher=slurm"],
                          ["unknown launcher", "tpu-vm"]),
@@ -211,6 +215,33 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, tmp_path, capsys):
   status, _, err = run_in_process(capsys, *BASE, *dir_flag, *args)
   one_error_line(status, err, *needles)
   assert not sweep_dir.exists()
+
+
+def test_one_sweep_per_folder(tmp_path, capsys):
+  """A second pt-sweep on a folder another one is running is refused (the
+  holder named) and writes nothing: not even the manifest."""
+  from prompt_tuning.storage import run_lock  # pylint: disable=g-import-not-at-top
+  sweep_dir = tmp_path / "sweep"
+  held = run_lock.RunLock(str(sweep_dir), filename=run_lock.SWEEP_FILENAME, owner="pt-sweep",
+                          folder="--sweep_dir").acquire()
+  try:
+    status, _, err = run_in_process(capsys, *BASE, "--sweep=PROMPT_LENGTH=[1]",
+                                    f"--sweep_dir={sweep_dir}")
+  finally:
+    held.release()
+  one_error_line(status, err, f"--sweep_dir {sweep_dir} is in use by another pt-sweep",
+                 f"pid {os.getpid()}")
+  assert os.listdir(sweep_dir) == []
+
+
+def test_sweep_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+  (tmp_path / "a_file").write_text("mine")
+  for where in (tmp_path / "a_file", tmp_path / "a_file" / "sweep"):
+    status, _, err = run_in_process(capsys, *BASE, "--sweep=PROMPT_LENGTH=[1]",
+                                    f"--sweep_dir={where}")
+    one_error_line(status, err, "--sweep_dir: ", "is a file, not a folder", "give a folder")
+    sweep.FLAGS.unparse_flags()
+  assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_bad_input_from_the_command_line(tmp_path):

@@ -63,9 +63,13 @@ class DataConfig:
     sources.configure_sources(self.vocabulary, self.superglue_data_dir, self.squad_data_dir,
                               self.mrqa_data_dir)
     sources.import_task_modules(self.mixture_or_task_module)
+    if not isinstance(self.use_cached_tasks, bool):
+      raise error(f"USE_CACHED_TASKS must be True or False, got {self.use_cached_tasks!r}")
     if need_task:
       sources.get_task(self.mixture_or_task_name)
       sources.check_vocabularies(self.mixture_or_task_name)
+      if self.use_cached_tasks:
+        sources.check_cached(self.mixture_or_task_name)
     return lengths
 
 

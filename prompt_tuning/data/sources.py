@@ -76,3 +76,16 @@ def check_vocabularies(mixture_or_task_name: str) -> None:
         raise DataError(problem)
 
 
+
+
+def check_cached(mixture_or_task_name: str) -> None:
+  """DataError when USE_CACHED_TASKS is set but a task of the run has no
+  seqio cache (a COMPLETED cache folder in seqio's cache directories): the
+  run must not silently read it uncached."""
+  for task in seqio.get_subtasks(get_task(mixture_or_task_name)):
+    if not task.cache_dir:
+      raise DataError(
+          f"USE_CACHED_TASKS is True but task {task.name!r} has no seqio cache in "
+          f"{', '.join(seqio.utils.get_global_cache_dirs()) or 'any cache directory'}: cache it "
+          "(seqio's cache_tasks_main, then --seqio_additional_cache_dirs=DIR), or set "
+          "--gin.USE_CACHED_TASKS=False")

@@ -19,7 +19,37 @@ from prompt_tuning.methods import initializers
 from prompt_tuning.methods.sites import DEFAULT_TRAINABLE
 from prompt_tuning.model import partitioning
 from prompt_tuning.model import weights
+from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import run_json
+from prompt_tuning.storage import run_lock
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
+
+
+def _check_not_live(model_dir: str) -> None:
+  """EvalError when a running pt-train owns MODEL_DIR: its inference_eval/
+  is the run's own (evaluating a live run must not touch what it writes)."""
+  try:
+    holder = run_lock.RunLock(model_dir).live_holder()
+  except run_lock.LockError as e:
+    raise EvalError(str(e)) from None
+  if holder is not None:
+    raise EvalError(
+        f"MODEL_DIR {model_dir} belongs to a running pt-train ({run_lock.describe(holder)}), "
+        "which writes its own inference_eval/: set EVAL_OUTPUT_DIR to evaluate it elsewhere")
+
+
+def _check_frozen_of_run(model_dir: str, frozen_path: str) -> None:
+  """EvalError when the run recorded this frozen checkpoint path with another
+  sha256 (it changed since the run started). Another path is allowed: a
+  prompt may be evaluated on another model on purpose."""
+  try:
+    record = run_json.read(model_dir)
+    recorded = (record or {}).get("frozen_checkpoint") or {}
+    if recorded.get("path") == frozen_path:
+      run_json.check_frozen(record, frozen_path, t5x_checkpoints.fingerprint(frozen_path))
+  except run_json.RecordError as e:
+    raise EvalError(str(e)) from None
 
 
 @gin.configurable(module="evaluation")
@@ -62,6 +92,11 @@ def evaluate(*,
                               "inference_eval")
   else:
     raise EvalError("set EVAL_OUTPUT_DIR (or MODEL_DIR) for the results")
+  gin_utils.check_patterns("TRAINABLE_PARAMS", trainable_params, EvalError)
+  if model_dir and not eval_output_dir and file_utils.exists(model_dir):
+    _check_not_live(model_dir)
+  if model_dir and prompt_file is None and prompt_files is None:
+    _check_frozen_of_run(model_dir, frozen_path)
   lengths = data_config.prepare(EvalError)  # checks BATCH_SIZE and TASK_FEATURE_LENGTHS too
   seqio_eval.check_split(mixture_or_task_name, split, need_metrics=True,
                          hint="set --gin.EVAL_SPLIT to one of them")

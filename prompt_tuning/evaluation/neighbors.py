@@ -340,13 +340,20 @@ def run(*, checkpoint: str, prompt: str, top_k: int, output_dir: str, vocabulary
   text = markdown(records, checkpoint=checkpoint, prompt=prompt, shape=value.shape,
                   top_k=top_k, vocab_size=min(processor.get_piece_size(), table.shape[0]),
                   class_labels=class_labels)
+  made = not file_utils.exists(output_dir)
+  written = []
   try:
     file_utils.makedirs(output_dir)
-    file_utils.write_text_atomic(
-        os.path.join(output_dir, JSONL_NAME),
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    file_utils.write_text_atomic(os.path.join(output_dir, MARKDOWN_NAME), text)
+    for name, content in ((JSONL_NAME, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                for r in records)), (MARKDOWN_NAME, text)):
+      file_utils.write_text_atomic(os.path.join(output_dir, name), content)
+      written.append(name)
   except OSError as e:  # Not a folder, no permission, disk full, ...
+    # Nothing half-written stays: the files of this call, and the folder it made.
+    for name in written:
+      file_utils.remove_tree(os.path.join(output_dir, name))
+    if made and not file_utils.listdir(output_dir):
+      file_utils.remove_tree(output_dir)
     raise NeighborsError(f"--output_dir {output_dir} cannot be written ({_first_line(e)})"
                          ) from None
   return text

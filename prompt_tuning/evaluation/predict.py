@@ -86,12 +86,18 @@ def read_examples(path: str, known_tasks) -> list:
   """The input lines as dicts, checked; errors name the line."""
   if not file_utils.exists(path):
     raise data.DataError(f"--input {path} does not exist")
-  text = file_utils.read_bytes(path).decode("utf-8", errors="replace")
   examples = []
-  for number, line in enumerate(text.splitlines(), 1):
+  # JSONL: lines end at "\n" only (str.splitlines would also split at U+2028,
+  # which JSON strings may hold raw); each line must be UTF-8, never guessed.
+  for number, raw in enumerate(file_utils.read_bytes(path).split(b"\n"), 1):
+    where = f"{path} line {number}"
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise data.DataError(f"{where}: not UTF-8 (byte {e.start + 1} of the line); save the "
+                           "file as UTF-8") from None
     if not line.strip():
       continue
-    where = f"{path} line {number}"
     try:
       example = json.loads(line)
     except json.JSONDecodeError as e:
@@ -483,4 +489,4 @@ class OutputWriter:
 
   def read_all(self) -> list:
     return [json.loads(line) for line in
-            file_utils.read_bytes(self.path).decode("utf-8").splitlines() if line.strip()]
+            file_utils.read_bytes(self.path).decode("utf-8").split("\n") if line.strip()]

@@ -143,6 +143,18 @@ def _int_field(config, name, path):
   return value
 
 
+def _number(value) -> bool:
+  """A finite JSON number (not a bool, string or NaN)."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _comment(value) -> str:
+  """`value` as text safe inside one gin comment line: newlines and other
+  control or non-ASCII characters escaped as in JSON."""
+  return json.dumps(str(value))[1:-1]
+
+
 def _check_seq2seq(config, path):
   task = config.get("task_type")
   if task not in ("SEQ_2_SEQ_LM", None):
@@ -157,12 +169,16 @@ def _lora_params(config, tensors, path):
                       "(methods/lora.gin has no such option)")
   rank = _int_field(config, "r", path)
   lora_alpha = config.get("lora_alpha")
-  if not isinstance(lora_alpha, (int, float)) or isinstance(lora_alpha, bool) or lora_alpha <= 0:
-    raise PeftError(f"{path}: lora_alpha must be a positive number, got {lora_alpha!r}")
+  if not _number(lora_alpha) or lora_alpha <= 0:
+    raise PeftError(f"{path}: lora_alpha must be a finite number > 0, got {lora_alpha!r}")
   # PEFT scales by lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA; ours
   # by LORA_ALPHA / r, so rsLoRA imports as LORA_ALPHA = lora_alpha * sqrt(r).
   alpha = float(lora_alpha) * (math.sqrt(rank) if config.get("use_rslora") else 1.0)
-  dropout = float(config.get("lora_dropout") or 0.0)
+  dropout = config.get("lora_dropout") or 0.0
+  if not _number(dropout) or not 0 <= dropout < 1:
+    raise PeftError(f"{path}: lora_dropout must be a number in [0, 1), got "
+                    f"{config.get('lora_dropout')!r}")
+  dropout = float(dropout)
   flat, sites = {}, {}
   for key, value in tensors.items():
     match = _LORA_KEY.match(key)
@@ -287,17 +303,18 @@ def import_adapter(adapter_dir: str, out_dir: str) -> Dict[str, np.ndarray]:
   config, tensors = read_adapter(adapter_dir)
   path = os.path.join(adapter_dir, CONFIG_FILE)
   peft_type = config.get("peft_type")
-  if peft_type not in _IMPORTERS:
+  if not isinstance(peft_type, str) or peft_type not in _IMPORTERS:
     raise PeftError(f"{path}: peft_type {peft_type!r} is not convertible (LORA, PROMPT_TUNING "
                     "and PREFIX_TUNING are)")
   _check_seq2seq(config, path)
   flat, gin_lines = _IMPORTERS[peft_type](config, tensors, path)
   method_gin = "\n".join(
-      [f"# Imported by pt-import-peft from {adapter_dir} ({peft_type}, PEFT "
-       f"{config.get('peft_version', 'unknown')}, base model "
-       f"{config.get('base_model_name_or_path')}).",
+      [f"# Imported by pt-import-peft from {_comment(adapter_dir)} ({peft_type}, PEFT "
+       f"{_comment(config.get('peft_version', 'unknown'))}, base model "
+       f"{_comment(config.get('base_model_name_or_path'))}).",
        "# Evaluate with: pt-eval <model gin> --gin_file=runs/prompt_eval.gin "
-       f"--gin_file={os.path.join(out_dir, METHOD_GIN)} --gin.PROMPT_FILE=\"'{out_dir}'\""]
+       f"--gin_file={_comment(os.path.join(out_dir, METHOD_GIN))} "
+       f"--gin.PROMPT_FILE=\"'{_comment(out_dir)}'\""]
       + gin_lines) + "\n"
   numpy_checkpoints.write_folder(out_dir, flat, {
       METHOD_GIN: method_gin.encode("utf-8"),

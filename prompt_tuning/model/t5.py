@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from prompt_tuning import gin_utils
 from prompt_tuning.model import layers
+from prompt_tuning.model import weights
 
 # Rematerialisation of the stacks' layers (`T5Config.remat_policy`, gin macro
 # REMAT_POLICY): what the backward pass recomputes instead of keeping.
@@ -69,8 +70,12 @@ class T5Config:
 
 
 def resolve_remat_policy(policy: str) -> str:
-  """'auto' -> the policy for the default backend; others unchanged."""
+  """'auto' -> the policy for the default backend; others unchanged. While
+  only shapes are traced (weights.shapes_only), 'none' (the shapes are the
+  same): asking for the backend would start one (pt-sweep's parent must not)."""
   if policy == "auto":
+    if weights.tracing_shapes_only():
+      return "none"
     return "none" if jax.default_backend() == "cpu" else "matmuls"
   return policy
 

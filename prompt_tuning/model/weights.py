@@ -31,6 +31,11 @@ def shapes_only():
     _SHAPES_ONLY.pop()
 
 
+def tracing_shapes_only() -> bool:
+  """Whether a `shapes_only` block is running (nothing is computed there)."""
+  return bool(_SHAPES_ONLY)
+
+
 def lazy(init, initializing=True):
   """Wraps a prompt initialiser so that it does no work under `shapes_only`,
   nor outside init (Flax's `param()` traces the initialiser in `apply` too, to
@@ -65,6 +70,18 @@ def abstract_params(model, batch):
   """
   with shapes_only():
     return jax.eval_shape(_init_fn(model, batch), jax.random.PRNGKey(0))
+
+
+def check_builds(model) -> None:
+  """Traces the model's initialisation with abstract inputs only: no array is
+  made and no JAX backend starts (pt-sweep's parent validates every point
+  this way, leaving the accelerators to the points), yet a setting the model
+  or its method refuses (PROMPT_LENGTH = -5) raises its error here."""
+  batch = {name: jax.ShapeDtypeStruct((1, n), jnp.int32) for name, n in (
+      ("encoder_input_tokens", 8), ("decoder_input_tokens", 4), ("decoder_target_tokens", 4))}
+  with shapes_only():
+    jax.eval_shape(lambda rng, b: _init_fn(model, b)(rng),
+                   jax.ShapeDtypeStruct((2,), jnp.uint32), batch)
 
 
 def abstract_trainable(model, patterns, batch=None):

@@ -19,6 +19,7 @@ NFS, and gs:// has no file locks at all.
 """
 import datetime
 import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ import tensorstore as ts
 from prompt_tuning.storage import file_utils
 
 FILENAME = "pt-train.lock"
+SWEEP_FILENAME = "pt-sweep.lock"  # one pt-sweep per SWEEP_DIR, the same way
 
 
 class LockError(RuntimeError):
@@ -83,9 +85,13 @@ def describe(holder: dict) -> str:
 class RunLock:
   """Owns MODEL_DIR for a run: `acquire()` or LockError; `release()` at the end."""
 
-  def __init__(self, model_dir: str, heartbeat_s: float = 60.0, stale_s: float = 600.0):
+  def __init__(self, model_dir: str, heartbeat_s: float = 60.0, stale_s: float = 600.0, *,
+               filename: str = FILENAME, owner: str = "pt-train", folder: str = "MODEL_DIR"):
+    """`filename`, `owner` and `folder` (the folder's name in messages): a
+    pt-sweep locks its SWEEP_DIR with SWEEP_FILENAME, "pt-sweep", "--sweep_dir"."""
     self.model_dir = model_dir
-    self.path = os.path.join(model_dir, FILENAME)
+    self.filename, self.owner, self.folder = filename, owner, folder
+    self.path = os.path.join(model_dir, filename)
     self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
     self.lost = False
     self._store = None
@@ -99,9 +105,27 @@ class RunLock:
   def _payload(self) -> bytes:
     return json.dumps(dict(self._record, heartbeat=_now()), sort_keys=True).encode()
 
-  def _gone(self, holder: Optional[dict]) -> bool:
-    if holder is None:  # unreadable: never written by a live holder (writes are atomic)
-      return True
+  def _holder(self, data: bytes) -> dict:
+    """The lock's record; LockError naming the file when it is damaged (a
+    holder writes it whole, so damage came from elsewhere: never guessed at)."""
+    try:
+      holder = json.loads(data.decode("utf-8"))
+      if not isinstance(holder, dict):
+        raise ValueError("not a JSON object")
+      int(holder["pid"])
+      for key in ("heartbeat", "started"):
+        if not math.isfinite(float(holder.get(key, 0))):
+          raise ValueError(f"{key} is not a finite number")
+      _iso(float(holder.get("started", 0)))
+      str(holder["host"])
+    except (ValueError, TypeError, KeyError, OverflowError, OSError) as e:
+      reason = " ".join(str(e).split())[:100] or type(e).__name__
+      raise LockError(f"{self.path} is damaged ({type(e).__name__}: {reason}): if no "
+                      f"{self.owner} is using {self.folder} {self.model_dir}, delete it and "
+                      "rerun") from None
+    return holder
+
+  def _gone(self, holder: dict) -> bool:
     if holder.get("host") == self._record["host"]:
       return not _alive(int(holder.get("pid", -1)), holder.get("process_start"))
     return _now() - float(holder.get("heartbeat", 0)) > self.stale_s
@@ -109,21 +133,19 @@ class RunLock:
   def acquire(self) -> "RunLock":
     self._store = _kvstore(self.model_dir)
     for _ in range(5):  # a lost race re-reads the new holder
-      current = self._wait(self._store.read(FILENAME), "read")
+      current = self._wait(self._store.read(self.filename), "read")
       holder = None
       if current.state == "value":
-        try:
-          holder = json.loads(current.value)
-        except ValueError:
-          holder = None
+        holder = self._holder(current.value)
         if not self._gone(holder):
           raise LockError(
-              f"MODEL_DIR {self.model_dir} is in use by another pt-train ({describe(holder)}): "
-              f"wait for it to end or use another MODEL_DIR; if that run is gone for good, "
+              f"{self.folder} {self.model_dir} is in use by another {self.owner} "
+              f"({describe(holder)}): wait for it to end or use another {self.folder}; if "
+              "that run is gone for good, "
               f"delete {self.path}")
         logging.warning("taking over %s from a run that is gone (%s)", self.path,
-                        describe(holder) if holder else "unreadable lock")
-      stamp = self._wait(self._store.write(FILENAME, self._payload(),
+                        describe(holder))
+      stamp = self._wait(self._store.write(self.filename, self._payload(),
                                            if_equal=current.stamp.generation), "write")
       if stamp.generation:  # empty generation: the condition failed, someone else wrote
         self._generation = stamp.generation
@@ -140,8 +162,8 @@ class RunLock:
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
       try:
-        stamp = self._wait(self._store.write(FILENAME, self._payload(), if_equal=self._generation),
-                           "write")
+        stamp = self._wait(self._store.write(self.filename, self._payload(),
+                                             if_equal=self._generation), "write")
       except Exception as e:  # pylint: disable=broad-except
         # Storage that is down fails the run's own next write with one line.
         (logging.info if isinstance(e, file_utils.StorageError) else logging.warning)(
@@ -159,13 +181,23 @@ class RunLock:
       self._thread.join()
     if self._generation is not None and not self.lost:
       try:  # deletes only our own lock (conditional on its generation)
-        self._wait(self._store.write(FILENAME, None, if_equal=self._generation), "delete")
+        self._wait(self._store.write(self.filename, None, if_equal=self._generation),
+                   "delete")
       except Exception as e:  # pylint: disable=broad-except
         # Left behind, it is taken over by the next run (its holder is gone);
         # unreachable storage has already been reported by the failure itself.
         (logging.info if isinstance(e, file_utils.StorageError) else logging.warning)(
             "could not remove %s: %s", self.path, e)
     self._generation = None
+
+  def live_holder(self) -> Optional[dict]:
+    """The run holding MODEL_DIR now (its lock record), or None when the lock
+    is absent or its holder is gone; only reads. LockError when damaged."""
+    current = self._wait(_kvstore(self.model_dir).read(self.filename), "read")
+    if current.state != "value":
+      return None
+    holder = self._holder(current.value)
+    return None if self._gone(holder) else holder
 
   def __enter__(self):
     return self.acquire()

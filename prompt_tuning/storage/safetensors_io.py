@@ -17,6 +17,7 @@ buffer, known dtypes, shapes matching byte counts), so a truncated or damaged
 file gives one `SafetensorsError` naming the file and the problem.
 """
 import json
+import math
 import struct
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -69,9 +70,11 @@ def parse(data: bytes, path: str = "<bytes>") -> Tuple[Dict[str, np.ndarray], Di
       dtype = DTYPES[info["dtype"]]
       shape = tuple(int(s) for s in info["shape"])
       begin, end = (int(x) for x in info["data_offsets"])
+      if any(d < 0 for d in shape):
+        raise ValueError("negative dimension")
     except (KeyError, TypeError, ValueError):
       raise bad(f"tensor {name!r} has an unreadable entry {info!r}") from None
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if not 0 <= begin <= end <= len(buffer) or end - begin != size:
       raise bad(f"tensor {name!r} ({info['dtype']} {list(shape)}) has data offsets "
                 f"[{begin}, {end}] outside the {len(buffer)} data bytes or of the wrong size "

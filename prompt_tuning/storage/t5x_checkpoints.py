@@ -126,6 +126,16 @@ def resolve_checkpoint_path(path) -> str:
       f"containing a `checkpoint` msgpack file{hint}")
 
 
+def fingerprint(path) -> str:
+  """sha256 of the checkpoint's `checkpoint` msgpack file: the tree, every
+  array stored inline and every zarr array's spec (T5X writes no checksums;
+  the zarr chunks are gzip streams, whose CRC catches their damage on read).
+  What a run records of its frozen model (run.json) and checks on resume."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  directory = resolve_checkpoint_path(path)
+  return hashlib.sha256(_read_bytes(f"{directory}/{_CHECKPOINT_FILE}") or b"").hexdigest()
+
+
 def read_checkpoint_tree(path) -> dict:
   """The decoded msgpack tree; inline arrays as np.ndarray, zarr specs as dicts."""
   directory = resolve_checkpoint_path(path)

@@ -215,16 +215,27 @@ def validate(sweep: Sweep) -> None:
   import gin  # pylint: disable=g-import-not-at-top
   from prompt_tuning import command  # pylint: disable=g-import-not-at-top
   command.load_tensorflow()  # the configurables import seqio, which imports it: quietly
-  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top,unused-import
-  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import configurables
+  from prompt_tuning import gin_utils
+  from prompt_tuning.model import weights
+  # pylint: enable=g-import-not-at-top
   swept = {axis.name for axis in sweep.axes}
   for point in sweep.points:
     gin.clear_config()
+    bindings = sweep.base_bindings + point.bindings + [f"MODEL_DIR = {point.model_dir!r}"]
     try:
-      gin_utils.parse(point.gin_files, sweep.base_bindings + point.bindings
-                      + [f"MODEL_DIR = {point.model_dir!r}"], sweep.search_paths)
+      gin_utils.parse(point.gin_files, bindings, sweep.search_paths)
       point.train_steps = _train_steps(point)
-    except gin_utils.ConfigError as e:
+      # The model and its method, traced abstractly (no backend): a value they
+      # refuse (PROMPT_LENGTH=[2, -5]) fails here, before point 1 trains.
+      weights.check_builds(configurables.build_model(point.gin_files, bindings,
+                                                     sweep.search_paths))
+    except (ValueError, TypeError) as e:  # ConfigError, MethodError, PromptInitError, ...
+      if not isinstance(e, gin_utils.ConfigError):
+        text = str(e).strip()
+        raise SweepError(f"{text.splitlines()[0] if text else type(e).__name__} "
+                         f"(point {point.name})") from None
       message = str(e).strip().splitlines()[0]
       macro = re.match(r"--gin\.(\w+): no config uses", message)
       if macro and macro.group(1) in swept:

@@ -22,7 +22,7 @@ and resumes the others (pt-train resumes by itself). A launcher
 import json
 import os
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from absl import flags
 
@@ -92,6 +92,9 @@ def _sweep_from_flags() -> Sweep:
     raise SweepError("--gin.MODEL_DIR: pt-sweep sets each point's MODEL_DIR to "
                      "SWEEP_DIR/<point name>; give --sweep_dir instead")
   sweep_dir = FLAGS.sweep_dir
+  problem = file_utils.folder_problem(sweep_dir)
+  if problem:
+    raise SweepError(f"--sweep_dir: {problem}: give a folder")
   if not file_utils.is_remote(sweep_dir):
     sweep_dir = os.path.abspath(sweep_dir)  # the manifest's paths work from anywhere
   axes = parse_axes(FLAGS.sweep)
@@ -112,9 +115,28 @@ def _check_launcher_flags(module, launcher: str) -> None:
 
 def run_sweep(sweep: Sweep, launcher_module, report: bool) -> int:
   """Validates, writes the manifest, runs what is unfinished; returns the exit status."""
-  from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
   validate(sweep)
   launcher_module.check(sweep)
+  if sweep.dry_run:
+    return _run_locked(sweep, launcher_module, None)
+  # One pt-sweep per folder (as one pt-train per MODEL_DIR): a second one would
+  # launch the same points and overwrite the manifest with stale statuses.
+  from prompt_tuning.storage import run_lock  # pylint: disable=g-import-not-at-top
+  lock = run_lock.RunLock(sweep.sweep_dir, filename=run_lock.SWEEP_FILENAME, owner="pt-sweep",
+                          folder="--sweep_dir")
+  try:
+    lock.acquire()
+  except run_lock.LockError as e:
+    raise SweepError(str(e)) from None
+  try:
+    return _run_locked(sweep, launcher_module, report)
+  finally:
+    lock.release()
+
+
+def _run_locked(sweep: Sweep, launcher_module, report: Optional[bool]) -> int:
+  """run_sweep's work, holding the folder (report None: a dry run)."""
+  from prompt_tuning.storage import file_utils  # pylint: disable=g-import-not-at-top
   path = join(sweep.sweep_dir, MANIFEST)
   # A dry run reads nothing remote (no credentials needed to see the commands).
   look = not (sweep.dry_run and file_utils.is_remote(sweep.sweep_dir))

@@ -286,7 +286,7 @@ def _jsonl(path: str, warnings: List[str]):
   except (OSError, UnicodeDecodeError) as e:
     warnings.append(f"{path} cannot be read ({e}): skipped")
     return
-  for number, line in enumerate(text.splitlines(), 1):
+  for number, line in enumerate(text.split("\n"), 1):
     if not line.strip():
       continue
     try:

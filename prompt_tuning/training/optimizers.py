@@ -9,6 +9,7 @@ The learning rate is a hyper-parameter of the optimizer's state
 (`optax.inject_hyperparams`): what pt-train logs is the value the update
 used (`current_learning_rate`), and a schedule would show as it runs.
 """
+import math
 from typing import Optional
 
 import flax.serialization
@@ -17,11 +18,22 @@ import jax
 import numpy as np
 import optax
 
+from prompt_tuning import gin_utils
+
 # Every argument of optax.adafactor but the learning rate stays a Python
 # constant (several steer Python control flow: factoring, momentum).
 _STATIC = ("min_dim_size_to_factor", "decay_rate", "decay_offset",
            "multiply_by_parameter_scale", "clipping_threshold", "momentum", "dtype_momentum",
            "weight_decay_rate", "eps", "factored", "weight_decay_mask")
+
+
+def _check_learning_rate(value, name: str) -> None:
+  """ConfigError unless a finite number > 0 (or a schedule: a callable)."""
+  if callable(value):
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if not ok or not math.isfinite(value) or value <= 0:
+    raise gin_utils.ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @gin.configurable(module="optimizers")
@@ -33,6 +45,7 @@ def adafactor(learning_rate: float = 0.3,
               min_dim_size_to_factor: int = 128,
               momentum=None,
               factored: bool = True) -> optax.GradientTransformation:
+  _check_learning_rate(learning_rate, "optimizers.adafactor.learning_rate")
   return optax.inject_hyperparams(optax.adafactor, static_args=_STATIC)(
       learning_rate=learning_rate,
       decay_rate=decay_rate,

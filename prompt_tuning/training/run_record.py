@@ -7,6 +7,7 @@ report`).
      "jax_version": ..., "platform": "cpu", "device_kind": "cpu",
      "device_count": 8, "process_count": 2, "mixture_or_task_name": ...,
      "train_steps": 300, "batch_size": 32, "data_shards": 8,
+     "frozen_checkpoint": {"path": ..., "sha256": ...},
      "start_time": "2026-11-24T10:00:00+00:00"}
 
 Macro values are JSON where they can be (numbers, strings, booleans, null,
@@ -14,8 +15,11 @@ lists, dicts) and gin's own text otherwise (`@models.EncoderDecoderModel()`).
 `bindings` holds every binding of the operative config as gin text
 (`{"PROMPT_LENGTH": "6", "optimizers.adafactor.learning_rate": "0.3",
 "data.DataConfig.batch_size": "%BATCH_SIZE", ...}`):
-what a resume is compared against (`changes`). A resume keeps the first
-record and appends `{"step", "time", "changed"}` to its `resumes`.
+what a resume is compared against (`changes`). `frozen_checkpoint` is the
+sha256 of the frozen T5X checkpoint's msgpack file (`fingerprint`): a resume,
+and pt-eval of the run against the same path, refuse a checkpoint that
+changed since. A resume keeps the first record and appends `{"step", "time",
+"changed"}` to its `resumes`.
 """
 import datetime
 import importlib.metadata
@@ -28,8 +32,13 @@ import jax
 
 from prompt_tuning import gin_utils
 from prompt_tuning.storage import file_utils
+from prompt_tuning.storage import run_json
 
-FILENAME = "run.json"
+FILENAME = run_json.FILENAME
+# Reading and checking a record live below training (pt-eval checks them too).
+RecordError = run_json.RecordError
+read = run_json.read
+check_frozen = run_json.check_frozen
 VERSION = 1
 
 
@@ -113,6 +122,8 @@ def resumed(previous: dict, current: dict, step: int, harmless: dict) -> dict:
               "package_version", "jax_version", "platform", "device_kind", "device_count",
               "process_count", "data_shards"):
     out[key] = current[key]  # what the run now continues with
+  if current.get("frozen_checkpoint"):  # the same sha256 (checked), maybe moved
+    out["frozen_checkpoint"] = current["frozen_checkpoint"]
   return out
 
 
@@ -130,10 +141,14 @@ def _package_version():
     return None
 
 
-def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_shards) -> dict:
+def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_shards,
+          frozen_checkpoint=None) -> dict:
+  """`frozen_checkpoint`: {"path", "sha256"} of the frozen T5X checkpoint
+  (t5x_checkpoints.fingerprint), or None for a random frozen model."""
   gin_files, gin_bindings = _command_line()
   devices = jax.devices()
   return {
+      "frozen_checkpoint": frozen_checkpoint,
       "version": VERSION,
       "macros": macro_values(),
       "bindings": bindings(),
@@ -157,11 +172,3 @@ def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_sh
 def write(model_dir: str, record: dict) -> None:
   file_utils.write_text_atomic(os.path.join(model_dir, FILENAME),
                                json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def read(model_dir: str):
-  """The record of a run folder, or None when it has none."""
-  path = os.path.join(model_dir, FILENAME)
-  if not file_utils.exists(path):
-    return None
-  return json.loads(file_utils.read_bytes(path).decode("utf-8"))

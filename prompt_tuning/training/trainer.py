@@ -43,6 +43,7 @@ from prompt_tuning import progress as progress_lib
 from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import numpy_checkpoints
 from prompt_tuning.storage import run_lock
+from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
 from prompt_tuning.training import data_state
 from prompt_tuning.training import optimizers
@@ -96,11 +97,18 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
     raise TrainError(
         f"MODEL_DIR {model_dir} is already at step {start_step}, past TRAIN_STEPS="
         f"{train_steps}: nothing to train (raise TRAIN_STEPS to go on, or use another MODEL_DIR)")
-  previous = run_record.read(model_dir)
-  if previous is None or "bindings" not in previous:
-    logging.warning("%s has no %s with bindings (made by an older version): the configuration "
-                    "cannot be compared with the checkpoints'", model_dir, run_record.FILENAME)
-    return record
+  previous = _previous_record(model_dir)
+  if previous is None:  # every version wrote one: the configuration cannot be checked
+    raise TrainError(
+        f"MODEL_DIR {model_dir} holds checkpoints (newest step {start_step}) but no "
+        f"{run_record.FILENAME}: they cannot be checked against this configuration, so they "
+        f"are not resumed blind; restore {run_record.FILENAME}, or use another MODEL_DIR")
+  frozen = record.get("frozen_checkpoint")
+  if frozen:
+    try:
+      run_record.check_frozen(previous, frozen["path"], frozen["sha256"])
+    except run_record.RecordError as e:
+      raise TrainError(str(e)) from None
   meaningful, harmless = run_record.changes(previous, record)
   if meaningful:
     shown = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in list(meaningful.items())[:6])
@@ -112,6 +120,14 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
   if harmless:
     logging.info("resuming with changed settings: %s", harmless)
   return run_record.resumed(previous, record, start_step, harmless)
+
+
+def _previous_record(model_dir: str):
+  """MODEL_DIR's run.json, None when absent; TrainError when damaged."""
+  try:
+    return run_record.read(model_dir)
+  except run_record.RecordError as e:
+    raise TrainError(str(e)) from None
 
 
 def _check_settings(*, model_dir, train_steps, eval_batch_size, checkpoint_period,
@@ -381,6 +397,8 @@ def train(*,
                   keep_checkpoints=keep_checkpoints, eval_period=eval_period,
                   log_period=log_period, random_seed=random_seed, eval_split=eval_split,
                   eval_decoding=eval_decoding)
+  gin_utils.check_patterns("TRAINABLE_PARAMS", trainable_params, TrainError)
+  optimizer = optimizer_fn()  # checks its settings (a learning rate > 0) before any reading
   lengths = data_config.prepare(TrainError)  # checks BATCH_SIZE and TASK_FEATURE_LENGTHS too
   if eval_period:
     seqio_eval.check_split(mixture_or_task_name, eval_split, setting="train.eval_split",
@@ -414,7 +432,6 @@ def train(*,
   logging.info(counts)
   if jax.process_index() == 0:
     print(counts, flush=True)
-  optimizer = optimizer_fn()
   opt_state = optimizer.init(trainable)
 
   # The newest checkpoint that verifies (checksums): read only here, before the
@@ -424,9 +441,15 @@ def train(*,
   # Placed as the step's outputs will be, so the step compiles once, not twice.
   opt_state = partitioning.replicate(mesh, opt_state)
 
+  _previous_record(model_dir)  # a damaged run.json is refused, never overwritten
+  frozen_print = None
+  if initial_checkpoint_path:  # read just above: this re-reads one small file
+    frozen_print = {"path": initial_checkpoint_path,
+                    "sha256": t5x_checkpoints.fingerprint(initial_checkpoint_path)}
   record = run_record.build(
       mixture_or_task_name=mixture_or_task_name, train_steps=train_steps,
-      batch_size=batch_size, random_seed=random_seed, data_shards=layout.num_shards)
+      batch_size=batch_size, random_seed=random_seed, data_shards=layout.num_shards,
+      frozen_checkpoint=frozen_print)
   if start_step:
     record = _check_resume(model_dir, start_step, train_steps, record)
     if start_step == train_steps:
