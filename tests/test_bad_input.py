@@ -157,6 +157,11 @@ CASES = {
     "use_cached_tasks_without_cache": ("pt-train", "fresh", ["--gin.USE_CACHED_TASKS=True"],
                                        ["USE_CACHED_TASKS is True but task 'demo_last_word' "
                                         "has no seqio cache", "USE_CACHED_TASKS=False"]),
+    "data_shards_0": ("pt-train", "fresh", ["--gin.DATA_SHARDS=0"],
+                      ["DATA_SHARDS must be a positive integer, or None for one per host"]),
+    "batch_not_a_multiple_of_data_shards": ("pt-train", "fresh", ["--gin.DATA_SHARDS=3"],
+                                            ["BATCH_SIZE 8 must be a multiple of the 3 input "
+                                             "shards (DATA_SHARDS)"]),
     "num_partitions_0": ("pt-train", "fresh", ["--gin.NUM_PARTITIONS=0"],
                          ["NUM_PARTITIONS must be a positive integer, got 0"]),
     "num_partitions_not_dividing": ("pt-train", "fresh", ["--gin.NUM_PARTITIONS=7"],

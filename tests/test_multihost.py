@@ -101,9 +101,12 @@ def runs(tmp_path_factory, frozen_ckpt, request):
   except pytest.skip.Exception:
     two = root / "two"
   out = {}
-  for name, model_dir, processes, devices in (("one", root / "one", 1, 8), ("two", two, 2, 4)):
-    out[name] = launch("prompt_tuning.train", train_args(model_dir, ckpt, *COMMON),
-                       processes, devices)
+  # The 2-process run reads one input shard per host (T5X's rule); the
+  # 1-process run reads the same 2 shards (DATA_SHARDS), so the same batches.
+  for name, model_dir, processes, devices, shards in (("one", root / "one", 1, 8, 2),
+                                                      ("two", two, 2, 4, None)):
+    out[name] = launch("prompt_tuning.train", train_args(model_dir, ckpt, *COMMON, *(
+        [f"DATA_SHARDS = {shards}"] if shards else [])), processes, devices)
   if isinstance(two, str):
     gcs_emulator.download(two, root / "two")
   return root, ckpt, out
@@ -132,7 +135,7 @@ def test_one_set_of_files_written_by_process_0(runs):
     assert held == {(f"{i:03}", f"{count:03}") for i in range(count)}
   assert len(list((root / "two" / "train").glob("events.out.tfevents.*"))) == 1
   record = json.loads((root / "two" / "run.json").read_text())
-  assert (record["process_count"], record["device_count"], record["data_shards"]) == (2, 8, 8)
+  assert (record["process_count"], record["device_count"], record["data_shards"]) == (2, 8, 2)
   assert json.loads((root / "one" / "run.json").read_text())["process_count"] == 1
   # Logs from process 0 only.
   steps_printed = [sum(line.startswith("step ") for line in stdout.splitlines())
@@ -230,8 +233,22 @@ def test_batch_not_divisible_by_data_shards_is_refused(tmp_path, monkeypatch, fr
   monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(8))
   result = helpers.run_cli("pt-train", train_args(model_dir, ckpt, "TRAIN_STEPS = 1",
                                                   "BATCH_SIZE = 12"))
-  assert_one_line_error(result, "pt-train", "BATCH_SIZE 12", "8 data-parallel shards")
+  assert_one_line_error(result, "pt-train", "BATCH_SIZE 12 must be a multiple of the 8 "
+                        "data-parallel devices")
   assert not model_dir.exists()
+
+
+def test_a_task_smaller_than_a_batch_trains_on_8_devices(tmp_path, monkeypatch, frozen_ckpt):
+  """4 examples, batch 8, 1 process x 8 devices: one input shard for the host,
+  as T5X reads (8 shards, one per device, would leave half of them empty)."""
+  monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(8))
+  result = helpers.run_cli("pt-train", train_args(
+      tmp_path / "run", frozen_ckpt, "TRAIN_STEPS = 2", "EVAL_PERIOD = None",
+      "MIXTURE_OR_TASK_NAME = 'four_examples_task'", "MIXTURE_OR_TASK_MODULE = 'fixture_tasks'"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((tmp_path / "run" / "run.json").read_text())
+  assert (record["device_count"], record["data_shards"]) == (8, 1)
+  assert numpy_checkpoints.steps(str(tmp_path / "run")) == [0, 2]
 
 
 def test_processes_agree_on_each_batch_bucket():

@@ -1,9 +1,9 @@
 """pt-train over a ('data', 'model') mesh of 8 host devices (4 x 2): the
 frozen model is split over 'model' by its logical axes, batches over 'data',
-and the prompt ends where a run with the same 4 data shards and an unsplit
-model (4 x 1) ends. (The input depends on the number of data shards, as in T5X:
-see partitioning.DataLayout; tests/test_multihost.py checks the same mesh
-spread over 1 or 2 processes.)"""
+and the prompt ends where a run with the same 4 input shards (DATA_SHARDS) and
+an unsplit model (4 x 1) ends. (The input depends on the number of input
+shards, one per host by default as in T5X: see partitioning.DataLayout;
+tests/test_multihost.py checks the same mesh spread over 1 or 2 processes.)"""
 import numpy as np
 import pytest
 
@@ -18,7 +18,7 @@ def test_model_split_run_matches_unsplit_run(tmp_path, dtype, monkeypatch, froze
   args = (["--gin_file=" + f for f in helpers.TINY_FILES] + ["--gin_file=runs/prompt_finetune.gin"]
           + helpers.as_flags(helpers.TINY_BINDINGS + [
               f"INITIAL_CHECKPOINT_PATH = '{ckpt}'", "TRAIN_STEPS = 3", "EVAL_PERIOD = None",
-              "DROPOUT_RATE = 0.0", f"ACTIVATION_DTYPE = '{dtype}'"]))
+              "DROPOUT_RATE = 0.0", f"ACTIVATION_DTYPE = '{dtype}'", "DATA_SHARDS = 4"]))
   prompts = {}
   for name, devices, partitions in (("unsplit", 4, 1), ("mesh", 8, 2)):
     monkeypatch.setenv("XLA_FLAGS", helpers.xla_flags(devices))

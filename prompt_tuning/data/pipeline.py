@@ -28,9 +28,10 @@ def get_dataset(mixture_or_task_name: str,
   """Batched model features: this process's rows of each global batch.
 
   `layout` (partitioning.data_layout of the mesh; default: one shard) says
-  which data shards this process reads: shard i is seqio's ShardInfo(i, n),
-  batched by batch_size / n, and the process's shards are concatenated in mesh
-  order, so a global batch is the same whichever processes read it.
+  which input shards this process reads: shard i is seqio's ShardInfo(i, n),
+  batched by batch_size / n, and the process's shards are concatenated in
+  order, so a global batch is the same whichever processes read it (one
+  shard per host by default, as T5X reads; DATA_SHARDS sets the count).
 
   Batches are padded to `task_feature_lengths` (see `fit_batch` for cutting
   them); with padding.group_by_length (default: the run's configured_padding())
@@ -39,9 +40,9 @@ def get_dataset(mixture_or_task_name: str,
   padding = configured_padding() if padding is None else padding
   get_task(mixture_or_task_name)
   layout = layout or partitioning.DataLayout(num_shards=1, shards=(0,), num_groups=1, group=0)
-  if batch_size <= 0 or batch_size % layout.num_shards:
-    raise DataError(f"BATCH_SIZE {batch_size} must be a positive multiple of the "
-                    f"{layout.num_shards} data-parallel shards (devices / NUM_PARTITIONS)")
+  problem = layout.batch_problem(batch_size)
+  if problem:
+    raise DataError(problem)
   parts = []
   for shard in layout.shards:
     try:

@@ -220,9 +220,9 @@ class Predictor:
     self.model, self.frozen, self.lengths = model, frozen, dict(lengths)
     self.batch_size, self.mesh = batch_size, mesh
     self.layout = partitioning.data_layout(mesh)
-    if batch_size <= 0 or batch_size % self.layout.num_shards:
-      raise data.DataError(f"BATCH_SIZE {batch_size} must be a positive multiple of the "
-                           f"{self.layout.num_shards} data-parallel shards")
+    problem = self.layout.batch_problem(batch_size)
+    if problem:
+      raise data.DataError(problem)
     self.table = partitioning.replicate(
         mesh, multiprompt.stack_trees([jax.device_get(task_params[t]) for t in self.tasks]))
     self.labels = {}

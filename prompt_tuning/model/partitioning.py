@@ -83,17 +83,25 @@ def replicate(mesh: Mesh, tree):
 
 @dataclasses.dataclass(frozen=True)
 class DataLayout:
-  """This process's part of the input (T5X's DataLayout, by mesh row).
+  """This process's part of the input (T5X's DataLayout).
 
-  num_shards: data-parallel shards, the mesh's 'data' axis size.
-  shards: the shards (rows) this process holds devices of, contiguous.
-  num_groups / group: processes holding the same rows form a group; the
-    groups split evaluation data between them.
+  num_shards: seqio input shards of each global batch. T5X's rule by default:
+    one per host group (processes that hold devices of the same mesh rows
+    form a group and read the same data), so a small task is never spread so
+    thin that a shard is empty; DATA_SHARDS sets another count, a multiple
+    of the groups (each group reads that many / groups, consecutive).
+  shards: the shards this process reads, consecutive; their rows are split
+    over its devices' mesh rows in order.
+  num_groups / group: the host groups, and this process's; the groups split
+    evaluation data between them.
+  rows: the mesh's 'data' axis size (data-parallel devices): a global batch
+    splits into that many equal parts.
   """
   num_shards: int
   shards: tuple
   num_groups: int
   group: int
+  rows: int = 1
 
   def per_shard(self, global_batch: int) -> int:
     return global_batch // self.num_shards
@@ -101,9 +109,27 @@ class DataLayout:
   def local_batch(self, global_batch: int) -> int:
     return self.per_shard(global_batch) * len(self.shards)
 
+  def batch_problem(self, global_batch) -> Optional[str]:
+    """Why a BATCH_SIZE cannot be laid out so, or None."""
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch <= 0:
+      return f"BATCH_SIZE must be a positive integer, got {global_batch!r}"
+    for count, what in ((self.rows, "data-parallel devices (devices / NUM_PARTITIONS)"),
+                        (self.num_shards, "input shards (DATA_SHARDS)")):
+      if global_batch % count:
+        return f"BATCH_SIZE {global_batch} must be a multiple of the {count} {what}"
+    return None
 
-def data_layout(mesh: Mesh, process_index: Optional[int] = None) -> DataLayout:
-  """Which data shards (mesh rows) this process reads, from the mesh alone."""
+
+@gin.configurable(module="partitioning")
+def configured_data_shards(data_shards: Optional[int] = None) -> Optional[int]:
+  """DATA_SHARDS (runs/data.gin): None for T5X's one shard per host group."""
+  return data_shards
+
+
+def data_layout(mesh: Mesh, process_index: Optional[int] = None,
+                num_shards: Optional[int] = None) -> DataLayout:
+  """Which input shards this process reads, from the mesh (and DATA_SHARDS,
+  `num_shards` when given, else the configured value)."""
   me = jax.process_index() if process_index is None else process_index
   devices = np.asarray(mesh.devices)
   rows_of = {}
@@ -114,8 +140,19 @@ def data_layout(mesh: Mesh, process_index: Optional[int] = None) -> DataLayout:
   mine = tuple(sorted(rows_of[me]))
   if mine != tuple(range(mine[0], mine[-1] + 1)):
     raise ValueError(f"process {me} holds non-contiguous data shards {mine} of the mesh")
-  return DataLayout(num_shards=devices.shape[0], shards=mine, num_groups=len(groups),
-                    group=groups.index(mine))
+  group = groups.index(mine)
+  count = configured_data_shards() if num_shards is None else num_shards
+  count = len(groups) if count is None else count
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.check_int("DATA_SHARDS", count, none_means="for one per host (T5X's rule)")
+  if count % len(groups):
+    raise gin_utils.ConfigError(
+        f"DATA_SHARDS {count} must be a multiple of the {len(groups)} host groups reading "
+        "different data")
+  per_group = count // len(groups)
+  return DataLayout(num_shards=count,
+                    shards=tuple(range(group * per_group, (group + 1) * per_group)),
+                    num_groups=len(groups), group=group, rows=devices.shape[0])
 
 
 def shard_batch(mesh: Mesh, batch):

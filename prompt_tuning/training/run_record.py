@@ -68,6 +68,9 @@ RESUMABLE = frozenset([
     "EVAL_DECODING", "USE_CACHED_TASKS", "MIXTURE_OR_TASK_MODULE", "SUPERGLUE_DATA_DIR",
     "SQUAD_DATA_DIR", "MRQA_DATA_DIR",
     "MODEL_DIR", "NUM_PARTITIONS", "partitioning.make_mesh.num_partitions",
+    # The input shard count changes the data order from the resume on (a
+    # replay warns); it is how many hosts read, as the device count is.
+    "DATA_SHARDS", "partitioning.configured_data_shards.data_shards",
     # How batches are padded, what the backward pass recomputes and how greedy
     # decoding runs change float rounding, memory and speed, not what trains.
     "PADDING", "PADDING_BUCKETS", "data.configured_padding.mode",
