@@ -3,6 +3,7 @@ prompt (of different lengths), predict what per-task pt-eval runs predict; bad i
 is one clear error naming the line or the task (a user error: pt-infer prints
 it as one `pt-infer: error:` line and exits 1, as cli.run does for pt-eval)."""
 import json
+import os
 import sys
 import types
 
@@ -122,6 +123,15 @@ def test_bad_input_lines_name_the_line(case, content, needles, tmp_path):
   assert "\n" not in message and str(tmp_path / "in.jsonl") in message
   for needle in needles:
     assert needle in message, message
+
+
+def test_output_that_is_a_folder_is_refused_before_anything_runs(tmp_path):
+  (tmp_path / "out").mkdir()
+  with pytest.raises(data.DataError) as raised:
+    predict.OutputWriter(str(tmp_path / "out"), [{"task": "mp_class", "inputs": "a"}])
+  assert str(raised.value) == (f"--output {tmp_path / 'out'} is a folder, not a file: give a "
+                               "file path")
+  assert os.listdir(tmp_path / "out") == []
 
 
 def test_a_line_may_hold_a_raw_line_separator(tmp_path):
