@@ -288,6 +288,14 @@ def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatc
   assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr[-3000:]
   assert result.stderr.startswith(f"pt-train: error: {GS}: could not "), result.stderr
   assert "STORAGE_EMULATOR_HOST" in result.stderr
+  np.save(tmp_path / "p.npy", np.zeros((3, 4), np.float32))
+  result = subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.neighbors", f"--checkpoint={ckpt}",
+       f"--prompt={tmp_path / 'p.npy'}", f"--output_dir={GS}/neighbors",
+       f"--vocabulary={shared_path('t5_vocab', 'spiece.model')}"],
+      capture_output=True, text=True, env=user, timeout=300, check=False)
+  assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+  assert result.stderr.startswith(f"pt-neighbors: error: {GS}: could not "), result.stderr
   (tmp_path / "in.jsonl").write_text('{"task": "demo_last_word", "inputs": "a b"}\n')
   infer = helpers.tiny_ckpt_flags(*BINDINGS, "MIXTURE_OR_TASK_NAME = None",
                                   f"CHECKPOINT_PATH = '{ckpt}'", files=["runs/prompt_infer.gin"])
@@ -318,4 +326,4 @@ def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatc
   lines = err.splitlines()
   assert len(lines) == 3 and all(": error: " in l and f"{GS}: could not " in l
                                  for l in lines), err
-  assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]  # nothing written
+  assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "p.npy"]  # nothing written
