@@ -66,9 +66,19 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
     self._tfds_name = tfds_name
     self._hint = hint
 
+  def _absent(self) -> bool:
+    """Whether the dataset's folder is missing from the TFDS data dir. Then it
+    is surely not prepared, and the TFDS builder is not made: making one for
+    a dataset that is not there asks Google's bucket for its metadata over
+    the network and leaves an empty /tmp/tmp*tfds folder behind."""
+    loader = self.tfds_dataset
+    data_dir = os.path.expanduser(loader.data_dir or tfds.core.constants.DATA_DIR)
+    name = self._tfds_name.split(":")[0]
+    return not file_utils.isdir(os.path.join(data_dir, *name.split("/")))
+
   def _check_prepared(self) -> None:
     loader = self.tfds_dataset
-    if not loader.builder.is_prepared():
+    if self._absent() or not loader.builder.is_prepared():
       data_dir = loader.data_dir or tfds.core.constants.DATA_DIR
       raise FileNotFoundError(
           f"TFDS dataset {self._tfds_name} is not prepared in {data_dir}. "
@@ -90,7 +100,7 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
     return super().list_shards(split)
 
   def num_input_examples(self, split: str) -> Optional[int]:
-    if not self.tfds_dataset.builder.is_prepared():
+    if self._absent() or not self.tfds_dataset.builder.is_prepared():
       return None
     return super().num_input_examples(split)
 

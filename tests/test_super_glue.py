@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -414,10 +415,14 @@ def _py(value):
 @pytest.mark.parametrize("config,split", [
     (c, s) for c in CONFIGS + ("wsc", "wsc.fixed") for s in ("train", "test")
     if s == "test" or c not in ("axb", "axg")])
-def test_jsonl_source_equals_tfds_builder(config, split, sg, release_dir):
+def test_jsonl_source_equals_tfds_builder(config, split, sg, release_dir, monkeypatch,
+                                          tmp_path):
   """Same element_spec and same examples as the TFDS super_glue builder."""
   from prompt_tuning.tasks import sources
   from prompt_tuning.tasks import superglue_jsonl
+  # TFDS makes (and never removes) a temporary folder for an unprepared
+  # builder's metadata: in this test's folder, not in /tmp.
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   builder = tfds.builder(f"super_glue/{config}:1.0.2",
                          data_dir=os.path.join(release_dir, "no_tfds"))
   if not hasattr(builder, "_generate_examples"):
