@@ -191,13 +191,16 @@ def _reason(e: BaseException) -> str:
 
 
 def _hint(reason: str) -> str:
-  lowered = reason.lower()
-  if "permission" in lowered or "403" in lowered:
+  """What to check, from tensorstore's status name or the HTTP code (never a
+  bare number: a port such as 40421 is not an HTTP 404)."""
+  def says(status, code):
+    return status in reason or f"http_response_code='{code}'" in reason
+  if says("PERMISSION_DENIED", 403):
     return "check that your account may use this bucket (IAM)"
-  if "unauthenticated" in lowered or "401" in lowered or "credential" in lowered:
+  if says("UNAUTHENTICATED", 401) or "credential" in reason.lower():
     return ("check your credentials (gcloud auth application-default login, or "
             "GOOGLE_APPLICATION_CREDENTIALS)")
-  if "not_found" in lowered or "404" in lowered or "bucket name" in lowered:
+  if says("NOT_FOUND", 404) or "bucket name" in reason.lower():
     return "check the bucket name"
   return ("check the network, the bucket name and your credentials"
           + (f"; STORAGE_EMULATOR_HOST points at {emulator_endpoint()}"
