@@ -271,17 +271,23 @@ def test_sweep_on_gs_skips_finished_points_and_reports_as_on_disk(gcs, tmp_path,
 
 # ------------------------------------------------ an unreachable endpoint
 
-DEAD = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{gcs_emulator.free_port()}",
-        "PT_GCS_MAX_RETRIES": "1"}
+@pytest.fixture
+def dead():
+  """The environment of an endpoint nothing answers: a port held (bound, never
+  listening) for the test, so no server can take it meanwhile."""
+  with socket.socket() as held:
+    held.bind(("127.0.0.1", 0))
+    yield {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{held.getsockname()[1]}",
+           "PT_GCS_MAX_RETRIES": "1"}
 
 
-def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatch, capsys):
-  for name, value in DEAD.items():
+def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatch, capsys, dead):
+  for name, value in dead.items():
     monkeypatch.setenv(name, value)
   ckpt, run = f"{GS}/t5x_tiny/checkpoint_3", f"{GS}/run"
   # The whole stderr of a real command (C++ libraries' lines included), in a
   # user's environment (no TF_CPP_MIN_LOG_LEVEL of their own).
-  user = {k: v for k, v in env(**DEAD).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  user = {k: v for k, v in env(**dead).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   result = subprocess.run([sys.executable, "-m", "prompt_tuning.train",
                            *train_args(run, ckpt, 4)], capture_output=True, text=True,
                           env=user, timeout=300, check=False)
