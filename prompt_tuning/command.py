@@ -22,6 +22,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from prompt_tuning import quiet
+
 FLAGS = flags.FLAGS
 # The user's own TensorFlow C++ log level, read before JAX's import sets it
 # to 1 (warnings) for every process that imports it.
@@ -46,28 +48,13 @@ def verbose() -> bool:
   return FLAGS.is_parsed() and FLAGS["verbosity"].present
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-  """Sends file descriptor 2 to /dev/null for the duration (C++ libraries
-  write their start-up lines there, below Python's sys.stderr)."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, "w", encoding="utf-8") as devnull:
-      os.dup2(devnull.fileno(), 2)
-      yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
 def load_tensorflow():
   """Imports TensorFlow (tf.data runs seqio's pipelines) with its C++
   start-up lines hidden unless the user asked for logs, and keeps it off any
   GPU (the accelerators are JAX's). Python errors still surface."""
   if _USER_TF_LOG_LEVEL is None and not verbose():  # errors only, unless asked for
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  with contextlib.nullcontext() if verbose() else _quiet_stderr():
+  with contextlib.nullcontext() if verbose() else quiet.muted_stderr():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
   return tf

@@ -38,12 +38,21 @@ def _configured_model(model=gin.REQUIRED):
   return model
 
 
-def build_model(gin_files, bindings=(), search_paths=()):
+# The binding that makes `configured_model()` return the config's MODEL.
+MODEL_BINDING = "configured_model.model = %MODEL"
+
+
+def configured_model():
+  """The `MODEL` of the gin config parsed now, which must hold MODEL_BINDING
+  (pt-sweep's validation parses each point once, with it)."""
+  return _configured_model()
+
+
+def build_model(gin_files, bindings=()):
   """The `MODEL` that gin files (and bindings) configure, outside pt-train and
-  pt-eval (demos, benchmarks, the Python API, pt-sweep's validation, tests).
-  The caller's gin config, if any, is as it was afterwards (gin_utils.isolated)."""
+  pt-eval (demos, benchmarks, the Python API, tests). The caller's gin config,
+  if any, is as it was afterwards (gin_utils.isolated)."""
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
   with gin_utils.isolated():
-    gin_utils.parse(list(gin_files), list(bindings) + ["configured_model.model = %MODEL"],
-                    search_paths)
-    return _configured_model()
+    gin_utils.parse(list(gin_files), list(bindings) + [MODEL_BINDING])
+    return configured_model()

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "prompt_tuning"
 # Lowest first: a module may import its own layer's modules and those below it.
 LAYERS = (
     ("base", ("prompt_tuning", "prompt_tuning.tables", "prompt_tuning.progress",
-              "prompt_tuning.checks")),
+              "prompt_tuning.checks", "prompt_tuning.quiet")),
     ("storage", ("prompt_tuning.storage",)),
     # Gin plumbing and the checks of configured values, for every layer above.
     ("config", ("prompt_tuning.gin_utils",)),

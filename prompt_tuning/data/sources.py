@@ -76,8 +76,6 @@ def check_vocabularies(mixture_or_task_name: str) -> None:
         raise DataError(problem)
 
 
-
-
 def check_cached(mixture_or_task_name: str) -> None:
   """DataError when USE_CACHED_TASKS is set but a task of the run has no
   seqio cache (a COMPLETED cache folder in seqio's cache directories): the

@@ -223,14 +223,14 @@ def validate(sweep: Sweep) -> None:
   swept = {axis.name for axis in sweep.axes}
   for point in sweep.points:
     gin.clear_config()
-    bindings = sweep.base_bindings + point.bindings + [f"MODEL_DIR = {point.model_dir!r}"]
     try:
-      gin_utils.parse(point.gin_files, bindings, sweep.search_paths)
+      gin_utils.parse(point.gin_files, sweep.base_bindings + point.bindings
+                      + [f"MODEL_DIR = {point.model_dir!r}", configurables.MODEL_BINDING],
+                      sweep.search_paths)
       point.train_steps = _train_steps(point)
       # The model and its method, traced abstractly (no backend): a value they
       # refuse (PROMPT_LENGTH=[2, -5]) fails here, before point 1 trains.
-      weights.check_builds(configurables.build_model(point.gin_files, bindings,
-                                                     sweep.search_paths))
+      weights.check_builds(configurables.configured_model())
     except (ValueError, TypeError) as e:  # ConfigError, MethodError, PromptInitError, ...
       if not isinstance(e, gin_utils.ConfigError):
         text = str(e).strip()

@@ -34,11 +34,6 @@ from prompt_tuning import gin_utils
 from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import run_json
 
-FILENAME = run_json.FILENAME
-# Reading and checking a record live below training (pt-eval checks them too).
-RecordError = run_json.RecordError
-read = run_json.read
-check_frozen = run_json.check_frozen
 VERSION = 1
 
 
@@ -173,5 +168,6 @@ def build(*, mixture_or_task_name, train_steps, batch_size, random_seed, data_sh
 
 
 def write(model_dir: str, record: dict) -> None:
-  file_utils.write_text_atomic(os.path.join(model_dir, FILENAME),
+  """Writes MODEL_DIR/run.json (storage/run_json.py reads and checks it)."""
+  file_utils.write_text_atomic(os.path.join(model_dir, run_json.FILENAME),
                                json.dumps(record, indent=1, sort_keys=True) + "\n")

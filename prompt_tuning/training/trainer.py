@@ -42,6 +42,7 @@ from prompt_tuning.model import weights
 from prompt_tuning import progress as progress_lib
 from prompt_tuning.storage import file_utils
 from prompt_tuning.storage import numpy_checkpoints
+from prompt_tuning.storage import run_json
 from prompt_tuning.storage import run_lock
 from prompt_tuning.storage import t5x_checkpoints
 from prompt_tuning.storage import trees
@@ -101,13 +102,13 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
   if previous is None:  # every version wrote one: the configuration cannot be checked
     raise TrainError(
         f"MODEL_DIR {model_dir} holds checkpoints (newest step {start_step}) but no "
-        f"{run_record.FILENAME}: they cannot be checked against this configuration, so they "
-        f"are not resumed blind; restore {run_record.FILENAME}, or use another MODEL_DIR")
+        f"{run_json.FILENAME}: they cannot be checked against this configuration, so they "
+        f"are not resumed blind; restore {run_json.FILENAME}, or use another MODEL_DIR")
   frozen = record.get("frozen_checkpoint")
   if frozen:
     try:
-      run_record.check_frozen(previous, frozen["path"], frozen["sha256"])
-    except run_record.RecordError as e:
+      run_json.check_frozen(previous, frozen["path"], frozen["sha256"])
+    except run_json.RecordError as e:
       raise TrainError(str(e)) from None
   meaningful, harmless = run_record.changes(previous, record)
   if meaningful:
@@ -115,7 +116,7 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
     more = f" and {len(meaningful) - 6} more" if len(meaningful) > 6 else ""
     raise TrainError(
         f"MODEL_DIR {model_dir} holds a run made with another configuration: {shown}{more}. "
-        f"Resume with the recorded values ({os.path.join(model_dir, run_record.FILENAME)}), or "
+        f"Resume with the recorded values ({os.path.join(model_dir, run_json.FILENAME)}), or "
         "start fresh with another MODEL_DIR")
   if harmless:
     logging.info("resuming with changed settings: %s", harmless)
@@ -125,8 +126,8 @@ def _check_resume(model_dir: str, start_step: int, train_steps: int, record: dic
 def _previous_record(model_dir: str):
   """MODEL_DIR's run.json, None when absent; TrainError when damaged."""
   try:
-    return run_record.read(model_dir)
-  except run_record.RecordError as e:
+    return run_json.read(model_dir)
+  except run_json.RecordError as e:
     raise TrainError(str(e)) from None
 
 
