@@ -333,3 +333,14 @@ def test_unreachable_endpoint_is_one_line_for_every_command(tmp_path, monkeypatc
   assert len(lines) == 3 and all(": error: " in l and f"{GS}: could not " in l
                                  for l in lines), err
   assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "p.npy"]  # nothing written
+
+
+@pytest.mark.parametrize("name,value", [("PT_GCS_MAX_RETRIES", "abc"), ("PT_GCS_MAX_RETRIES", "0"),
+                                        ("PT_GCS_TIMEOUT_S", "-5"), ("PT_GCS_TIMEOUT_S", "inf")])
+def test_bad_retry_settings_are_one_line(name, value, monkeypatch):
+  monkeypatch.setenv(name, value)
+  with pytest.raises(file_utils.StorageError) as raised:
+    file_utils.exists(f"{GS}/anything")
+  assert str(raised.value) == (f"{name} must be "
+                               f"{'an integer' if 'RETRIES' in name else 'a number of seconds'} "
+                               f"> 0, got {value!r}")

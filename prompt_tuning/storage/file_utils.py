@@ -50,11 +50,19 @@ TIMEOUT_S = 120.0  # seconds per operation; PT_GCS_TIMEOUT_S changes it
 
 
 def _env_number(name: str, default, cast):
-  try:
-    value = cast(os.environ.get(name, default))
-  except ValueError:
+  """The positive number in environment variable `name` (unset: `default`);
+  StorageError (one line) for anything else, never silently the default."""
+  text = os.environ.get(name)
+  if text is None:
     return default
-  return value if value > 0 else default
+  try:
+    value = cast(text)
+  except ValueError:
+    value = None
+  if value is None or not value > 0 or value == float("inf"):
+    kind = "an integer" if cast is int else "a number of seconds"
+    raise StorageError(f"{name} must be {kind} > 0, got {text!r}")
+  return value
 
 
 def max_retries() -> int:
@@ -152,6 +160,7 @@ def _first_contact_quiet(bucket: str):
 
 def _store(bucket: str):
   configure_gcs_environment()
+  timeout_s()  # both settings checked before anything is asked of GCS
   return _open_store(bucket, emulator_endpoint(), max_retries())
 
 
@@ -170,6 +179,7 @@ def kvstore(path: str):
   relative to it), with the layer's bounded retries: the run lock's."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
   configure_gcs_environment()
+  timeout_s()  # checked before anything is asked of GCS (gcs_kvstore_spec checks the retries)
   spec = gcs_kvstore_spec(path)
   spec["path"] = spec["path"] + "/" if spec["path"] else ""
   with _first_contact_quiet(_split(path)[0]):
